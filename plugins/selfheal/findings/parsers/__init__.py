@@ -1,0 +1,194 @@
+"""Scanner report parsers: the registry, format detection and the entry points.
+
+``parse_bytes(data, source, fmt="auto", service=None)`` turns one report
+into normalized findings with ``service`` and ``fingerprint`` set;
+``iter_findings`` is the streaming variant. Every failure is a
+``ParseError(source, problem)``; nothing else escapes (a bug in a parser is
+converted too, and says so). Pure Python: no Airflow, no database.
+
+Formats (``--format`` names; a scanner name such as ``zap`` or ``wapiti``
+auto-detects among that scanner's formats)::
+
+    zap-api      ZAP API alerts JSON        gmp-xml      Greenbone GMP report XML
+    zap-json     ZAP traditional JSON       inspector2   AWS Inspector2 ListFindings
+    zap-xml      ZAP XML report             wapiti-json  Wapiti JSON report
+    sarif        SARIF 2.1.0                wapiti-xml   Wapiti XML report
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from selfheal.findings.fingerprint import fingerprint
+from selfheal.findings.limits import MAX_FINDINGS, MAX_REPORT_BYTES
+from selfheal.findings.model import Finding, ParseError
+from selfheal.findings.parsers import (
+    gmp_xml,
+    inspector2,
+    sarif,
+    wapiti_json,
+    wapiti_xml,
+    zap_api,
+    zap_json,
+    zap_xml,
+)
+from selfheal.findings.parsers._base import Report, ReportFormat
+
+__all__ = [
+    "ALIASES",
+    "FORMATS",
+    "Report",
+    "ReportFormat",
+    "detect_format",
+    "iter_findings",
+    "parse_bytes",
+]
+
+# Detection order matters only for documents that could match two formats;
+# the predicates are written to be disjoint on real reports.
+FORMATS: dict[str, ReportFormat] = {
+    f.name: f
+    for f in (
+        sarif.FORMAT,
+        inspector2.FORMAT,
+        zap_json.FORMAT,
+        zap_api.FORMAT,
+        wapiti_json.FORMAT,
+        zap_xml.FORMAT,
+        gmp_xml.FORMAT,
+        wapiti_xml.FORMAT,
+    )
+}
+ALIASES: dict[str, str] = {
+    "openvas": "gmp-xml",
+    "greenbone": "gmp-xml",
+    "gmp": "gmp-xml",
+    "gvm": "gmp-xml",
+    "inspector": "inspector2",
+    "sarif-2.1.0": "sarif",
+}
+_SCANNERS = {f.scanner for f in FORMATS.values()}
+
+
+def _syntax(report: Report) -> str:
+    head = report.data[:64].lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip()
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if head[:1] == b"<":
+        return "xml"
+    if not head:
+        raise report.error("empty input")
+    raise report.error(f"not a JSON or XML document (starts with {bytes(head[:16])!r})")
+
+
+def _detect(report: Report, candidates: list[ReportFormat]) -> ReportFormat:
+    syntax = _syntax(report)
+    pool = [f for f in candidates if f.syntax == syntax]
+    if syntax == "json":
+        keys = frozenset(report.json_top())
+        for fmt in pool:
+            if fmt.detect(keys):
+                return fmt
+        shown = ", ".join(sorted(keys)[:8]) or "none"
+        raise report.error(
+            f"unrecognised JSON report (top-level keys: {shown}); expected one of "
+            + ", ".join(f.name for f in pool)
+        )
+    head = report.xml_head()
+    for fmt in pool:
+        if fmt.detect(head):
+            return fmt
+    raise report.error(
+        f"unrecognised XML report (root element <{head.root[:64]}>); expected one of "
+        + ", ".join(f.name for f in pool)
+    )
+
+
+def resolve(report: Report, fmt: str) -> ReportFormat:
+    """The ReportFormat for ``fmt`` (a format name, alias, scanner name or "auto")."""
+    name = ALIASES.get(fmt, fmt)
+    if name in FORMATS:
+        return FORMATS[name]
+    if name == "auto":
+        return _detect(report, list(FORMATS.values()))
+    if name in _SCANNERS:
+        return _detect(report, [f for f in FORMATS.values() if f.scanner == name])
+    raise report.error(f"unknown format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+
+
+def detect_format(data: bytes, source: str = "<input>") -> str:
+    """Name of the format of ``data`` (e.g. ``"zap-xml"``); ParseError if none fits."""
+    return _detect(Report(source, bytes(data)), list(FORMATS.values())).name
+
+
+def _check_input(data: bytes, source: str, max_bytes: int) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ParseError(source, f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise ParseError(source, f"report is {len(data)} bytes, over the limit of {max_bytes} bytes")
+    return bytes(data)
+
+
+def _iter_unguarded(
+    data: bytes,
+    source: str,
+    fmt: str = "auto",
+    service: str | None = None,
+    *,
+    max_bytes: int = MAX_REPORT_BYTES,
+    max_findings: int = MAX_FINDINGS,
+) -> Iterator[Finding]:
+    """The parse pipeline without the last-resort guard (the fuzz tests use this
+    so that a parser bug shows up as the bug it is)."""
+    report = Report(source, _check_input(data, source, max_bytes), max_findings)
+    parser = resolve(report, fmt)
+    n = 0
+    for finding in parser.parse(report):
+        n += 1
+        if n > max_findings:
+            report.check_count(n)
+        finding.service = service
+        finding.fingerprint = fingerprint(finding, service)
+        yield finding
+
+
+def iter_findings(
+    data: bytes,
+    source: str,
+    fmt: str = "auto",
+    service: str | None = None,
+    *,
+    max_bytes: int = MAX_REPORT_BYTES,
+    max_findings: int = MAX_FINDINGS,
+) -> Iterator[Finding]:
+    """Parse ``data`` lazily. Findings come out one at a time (XML reports are
+    streamed); a ParseError can still arrive after some findings (e.g. a
+    truncated XML file), so callers that must be all-or-nothing use parse_bytes.
+    """
+    try:
+        yield from _iter_unguarded(data, source, fmt, service, max_bytes=max_bytes, max_findings=max_findings)
+    except ParseError:
+        raise
+    except RecursionError:
+        raise ParseError(source, "document nested too deeply") from None
+    except MemoryError:
+        raise ParseError(source, "out of memory while parsing") from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: the contract is "only ParseError"
+        raise ParseError(source, f"internal parser error ({type(exc).__name__}: {exc}); please report this bug") \
+            from exc
+
+
+def parse_bytes(
+    data: bytes,
+    source: str,
+    fmt: str = "auto",
+    service: str | None = None,
+    *,
+    max_bytes: int = MAX_REPORT_BYTES,
+    max_findings: int = MAX_FINDINGS,
+) -> list[Finding]:
+    """Parse one report into findings (all or nothing), each with ``service`` and
+    ``fingerprint`` set. Raises ParseError naming ``source`` on any problem."""
+    return list(iter_findings(data, source, fmt, service, max_bytes=max_bytes, max_findings=max_findings))

@@ -1,0 +1,1 @@
+"""Airflow hooks for selfheal's own systems (scanner hooks live in selfheal.scanners)."""

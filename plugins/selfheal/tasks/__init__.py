@@ -1,0 +1,1 @@
+"""Airflow task callables: thin adapters between the DAG files and the pure core."""

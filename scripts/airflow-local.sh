@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Run selfheal locally on the embedded default: `airflow standalone` with this
+# repo's dags/ and plugins/, SQLite metadata by default (Postgres when
+# SELFHEAL_AIRFLOW_DB_URL is set), the triage DB on the private Postgres.
+#
+#   scripts/airflow-local.sh up      start (idempotent), print the UI URL and admin credentials
+#   scripts/airflow-local.sh down    stop what `up` started: SIGINT to Airflow's process group, then services
+#   scripts/airflow-local.sh status
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+RUN="${SELFHEAL_RUN_DIR:-$REPO/.run}"
+mkdir -p "$RUN"
+PORT="${SELFHEAL_AIRFLOW_PORT:-8080}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$RUN/airflow-home}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+# 2 cores: the default of 32 LocalExecutor workers only thrashes.
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+export AIRFLOW__API__PORT="$PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
+if [ -n "${SELFHEAL_AIRFLOW_DB_URL:-}" ]; then
+    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$SELFHEAL_AIRFLOW_DB_URL"
+fi
+log() { printf '[airflow-local] %s\n' "$*" >&2; }
+alive() { [ -f "$RUN/airflow.pid" ] && kill -0 "$(cat "$RUN/airflow.pid")" 2>/dev/null; }
+
+api() {  # api METHOD PATH [JSON]: call the REST API with a fresh token
+    local token
+    token=$(curl -sf -X POST "http://127.0.0.1:$PORT/auth/token" -H 'Content-Type: application/json' \
+        -d "{\"username\":\"admin\",\"password\":\"$(password)\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    curl -sf -X "$1" "http://127.0.0.1:$PORT$2" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+
+password() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' \
+        "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+}
+
+up() {
+    scripts/bootstrap.sh
+    scripts/services.sh start postgres docker base-image
+    eval "$(scripts/services.sh env)"
+    export SELFHEAL_DATABASE_URL AIRFLOW_VAR_SELFHEAL_BASE_IMAGE="$SELFHEAL_BASE_IMAGE"
+    if .venv/bin/selfheal --help 2>/dev/null | grep -q " db "; then
+        .venv/bin/selfheal db upgrade --url "$SELFHEAL_DATABASE_URL" >/dev/null
+    fi
+    if alive; then
+        log "already running (pid $(cat "$RUN/airflow.pid"))"
+    else
+        log "starting airflow standalone (AIRFLOW_HOME=$AIRFLOW_HOME, log $RUN/airflow.log)"
+        # setsid: its own process group, so `down` can SIGINT the whole tree.
+        PATH="$REPO/.venv/bin:$PATH" setsid .venv/bin/airflow standalone >"$RUN/airflow.log" 2>&1 &
+        echo $! >"$RUN/airflow.pid"
+    fi
+    for _ in $(seq 1 180); do
+        curl -sf "http://127.0.0.1:$PORT/api/v2/monitor/health" >/dev/null 2>&1 && break
+        alive || { log "airflow exited; last lines of $RUN/airflow.log:"; tail -20 "$RUN/airflow.log" >&2; exit 1; }
+        sleep 1
+    done
+    curl -sf "http://127.0.0.1:$PORT/api/v2/monitor/health" >/dev/null || { log "UI not answering"; exit 1; }
+    local expected loaded
+    expected=$(find dags -maxdepth 1 -name '*.py' ! -name '_*' | wc -l)
+    for _ in $(seq 1 120); do
+        loaded=$(api GET "/api/v2/dags?limit=100" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_entries"])' 2>/dev/null || echo 0)
+        [ "$loaded" -ge "$expected" ] && break
+        sleep 1
+    done
+    log "$loaded DAGs loaded (dags/ has $expected files)"
+    cat <<EOT
+
+  selfheal is running.
+    Airflow UI   http://127.0.0.1:$PORT
+    user         admin
+    password     $(password)
+    triage DB    $(python3 -c 'import sys; from urllib.parse import urlsplit as u; p=u(sys.argv[1]); print(f"{p.scheme}://{p.hostname}:{p.port}{p.path}")' "$SELFHEAL_DATABASE_URL")
+    logs         $RUN/airflow.log
+  Stop it with: make down
+
+EOT
+}
+
+down() {
+    if alive; then
+        local pid
+        pid=$(cat "$RUN/airflow.pid")
+        log "stopping airflow (SIGINT to process group $pid)"
+        kill -INT -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$RUN/airflow.pid"
+    scripts/services.sh stop
+}
+
+case "${1:-}" in
+up) up ;;
+down) down ;;
+status) if alive; then echo "running (pid $(cat "$RUN/airflow.pid")) on http://127.0.0.1:$PORT"; else echo "stopped"; fi ;;
+*) sed -n '2,9p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,69 @@
+"""The README's run command starts Airflow standalone with our DAGs, its UI and
+REST API answer on loopback, a DAG runs through the real scheduler, and the
+stop command ends the whole process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.postgres]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(port: int, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_make_up_starts_airflow_and_make_down_stops_it(tmp_path: Path, base_image: str) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(SELFHEAL_RUN_DIR=str(tmp_path / "run"), SELFHEAL_AIRFLOW_PORT=str(port),
+               SELFHEAL_BASE_IMAGE=base_image)
+    script = str(REPO / "scripts" / "airflow-local.sh")
+    pgid = None
+    try:
+        up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=400)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert f"http://127.0.0.1:{port}" in up.stdout
+        password = re.search(r"password\s+(\S+)", up.stdout).group(1)
+        pgid = int((tmp_path / "run" / "airflow.pid").read_text())
+        assert _call(port, "GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy"
+
+        token = _call(port, "POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
+        dags = {d["dag_id"]: d for d in _call(port, "GET", "/api/v2/dags", token)["dags"]}
+        assert "selfheal_doctor" in dags and not dags["selfheal_doctor"]["is_paused"]
+        run = _call(port, "POST", "/api/v2/dags/selfheal_doctor/dagRuns", token, {"logical_date": None})
+        deadline = time.monotonic() + 180
+        state = run["state"]
+        while state not in ("success", "failed") and time.monotonic() < deadline:
+            time.sleep(2)
+            state = _call(port, "GET", f"/api/v2/dags/selfheal_doctor/dagRuns/{run['dag_run_id']}", token)["state"]
+        tis = _call(port, "GET", f"/api/v2/dags/selfheal_doctor/dagRuns/{run['dag_run_id']}/taskInstances", token)
+        assert state == "success", {t["task_id"]: t["state"] for t in tis["task_instances"]}
+    finally:
+        down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert pgid is not None
+    alive = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    assert alive == [], f"processes left in Airflow's group: {alive}"
