@@ -125,3 +125,15 @@ def migrated_triage_url(pg_url: str) -> str:
 
     upgrade(pg_url)
     return pg_url
+
+
+@pytest.fixture(scope="session")
+def wapiti_bin() -> Path:
+    """The real Wapiti in its own venv, installed by scripts/install-wapiti.sh when missing."""
+    from selfheal.scanners import wapiti
+
+    try:
+        return wapiti.find_wapiti()
+    except wapiti.WapitiError:
+        subprocess.run([str(REPO / "scripts" / "install-wapiti.sh")], check=True)
+        return wapiti.find_wapiti()
