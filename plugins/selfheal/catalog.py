@@ -71,6 +71,18 @@ class Rollout(_Strict):
         return v
 
 
+class ScanSettings(_Strict):
+    """How each scanner scans this service (defaults suit an HTTP API)."""
+
+    zap_policy: str | None = None
+    wapiti_modules: tuple[str, ...] | None = None
+    wapiti_max_scan_s: float = Field(300.0, gt=0)
+    gvm_hosts: tuple[str, ...] = ()  # default: the host of base_url
+    gvm_scan_config: str | None = None
+    timeout_s: float = Field(6 * 3600.0, gt=0)
+    poke_interval_s: float = Field(30.0, gt=0)
+
+
 class Service(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     base_url: str
@@ -84,6 +96,7 @@ class Service(_Strict):
     test_command: str | None = None
     deploy: DeployTarget = DeployTarget()
     rollout: Rollout = Rollout()
+    scan: ScanSettings = ScanSettings()
     mode: Mode = "observe"
     traffic_rps: float = Field(0.0, ge=0)
     internet_facing: bool = True
