@@ -96,7 +96,7 @@ def _raise_for(exc: ScannerError) -> None:
     raise AirflowException(str(exc)) from exc
 
 
-@task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=True)
+@task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
 def start_scan(item: dict[str, str]) -> dict[str, Any]:
     """Register the scan run and start the scanner; returns a small handle (ids only)."""
     from selfheal.triage import store
@@ -181,7 +181,7 @@ class ScanCompleteSensor(_ScanSensor):
                 "polls": result.get("polls")}
 
 
-@task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=True)
+@task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
 def collect_report(handle: dict[str, Any]) -> dict[str, Any]:
     """Fetch the finished scan's full report into the inbox; only its id moves on."""
     scanner = handle["scanner"]
@@ -285,7 +285,7 @@ def inspector_service() -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-@task(outlets=[FINDINGS_ASSET], retries=3, retry_delay=timedelta(seconds=30), retry_exponential_backoff=True)
+@task(outlets=[FINDINGS_ASSET], retries=3, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
 def inspector_ingest() -> dict[str, Any]:
     """Pull every page changed since the watermark into the inbox, ingest them, then advance the watermark."""
     from selfheal.scanners.inspector import InspectorHook
