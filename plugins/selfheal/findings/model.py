@@ -6,7 +6,7 @@ patch recipes and tests all share it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
@@ -84,8 +84,31 @@ class Finding:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the `selfheal parse` line format)."""
-        d = asdict(self)
+        """JSON-ready dict (the `selfheal parse` line format).
+
+        Same result as ``dataclasses.asdict`` (plus tuples as lists), built by
+        hand because asdict deep-copies field by field (~20x slower), which
+        matters when 200,000 findings are ingested or printed.
+        """
+        d = {name: getattr(self, name) for name in _FINDING_FIELDS}
+        loc, pkg = self.location, self.package
+        d["location"] = None if loc is None else {name: getattr(loc, name) for name in _LOCATION_FIELDS}
+        d["package"] = None if pkg is None else {name: getattr(pkg, name) for name in _PACKAGE_FIELDS}
         d["cves"] = list(self.cves)
         d["references"] = list(self.references)
+        d["extra"] = _plain(self.extra)
         return d
+
+
+def _plain(value: Any) -> Any:
+    """Copy of nested dicts/lists/tuples (what asdict does for ``extra``)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+_FINDING_FIELDS = tuple(f.name for f in fields(Finding))
+_LOCATION_FIELDS = tuple(f.name for f in fields(Location))
+_PACKAGE_FIELDS = tuple(f.name for f in fields(Package))
