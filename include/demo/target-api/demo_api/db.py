@@ -78,8 +78,10 @@ def init_db(path: Path) -> None:
 
 @contextmanager
 def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """One short-lived connection per request: sqlite3 connections must not cross threads."""
-    conn = sqlite3.connect(path)
+    """One short-lived connection per request. FastAPI runs a sync dependency and the
+    endpoint in different pool threads, so the connection crosses one thread boundary;
+    it is still used by one request at a time, hence check_same_thread=False."""
+    conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     try:
         yield conn
