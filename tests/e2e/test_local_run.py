@@ -31,7 +31,8 @@ def _call(port: int, method: str, path: str, token: str | None = None, body: dic
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
+    # Generous: on 2 loaded cores the API server can take seconds to answer its first calls.
+    with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read() or b"{}")
 
 
