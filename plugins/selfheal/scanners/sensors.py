@@ -18,9 +18,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from selfheal.scanners.gvm import GvmHook
 from selfheal.scanners.triggers import GmpTaskFinishedTrigger, ZapScanCompleteTrigger, _ScanPollTrigger
-from selfheal.scanners.zap import ZapHook
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
 DEFAULT_POKE_S = 30.0
@@ -68,7 +66,7 @@ class ZapScanSensor(_ScanSensor):
     template_fields: Sequence[str] = ("spider_id", "ascan_id", "zap_conn_id")
 
     def __init__(
-        self, *, spider_id: str, ascan_id: str, zap_conn_id: str = ZapHook.default_conn_name, **kwargs: Any
+        self, *, spider_id: str, ascan_id: str, zap_conn_id: str = "zap_default", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.spider_id = spider_id
@@ -86,6 +84,8 @@ class ZapScanSensor(_ScanSensor):
 
     def poke(self, context: Context) -> bool:
         """One synchronous check (unused when deferring; kept so the sensor also works in poke mode)."""
+        from selfheal.scanners.zap import ZapHook
+
         return ZapHook(self.zap_conn_id).progress(str(self.spider_id), str(self.ascan_id)).complete
 
 
@@ -102,7 +102,7 @@ class GmpTaskSensor(_ScanSensor):
         *,
         task_id_to_watch: str,
         report_id: str | None = None,
-        gvm_conn_id: str = GvmHook.default_conn_name,
+        gvm_conn_id: str = "gvm_default",
         **kwargs: Any,
     ) -> None:
         # `task_id` is the Airflow task's own id, hence the longer name for the GMP task.
@@ -121,6 +121,8 @@ class GmpTaskSensor(_ScanSensor):
         )
 
     def poke(self, context: Context) -> bool:
+        from selfheal.scanners.gvm import GvmHook
+
         status = GvmHook(self.gvm_conn_id).task_status(str(self.task_id_to_watch))
         if status.failed:
             raise AirflowException(status.message())

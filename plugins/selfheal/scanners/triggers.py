@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -36,8 +36,10 @@ from selfheal.scanners.errors import (
     ScannerNotFoundError,
     ScannerTransientError,
 )
-from selfheal.scanners.gvm import GvmHook
-from selfheal.scanners.zap import ZapHook
+
+if TYPE_CHECKING:  # the hooks (zaproxy, python-gvm, lxml) load in the triggerer, not at DAG parse time
+    from selfheal.scanners.gvm import GvmHook
+    from selfheal.scanners.zap import ZapHook
 
 
 class _Pending:
@@ -153,7 +155,7 @@ class ZapScanCompleteTrigger(_ScanPollTrigger):
     scanner = "zap"
 
     def __init__(
-        self, *, spider_id: str, ascan_id: str, conn_id: str = ZapHook.default_conn_name, **kwargs: Any
+        self, *, spider_id: str, ascan_id: str, conn_id: str = "zap_default", **kwargs: Any
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
         self.spider_id = str(spider_id)
@@ -166,6 +168,8 @@ class ZapScanCompleteTrigger(_ScanPollTrigger):
         return f"ZAP scan (spider {self.spider_id}, active {self.ascan_id}) via {self.conn_id}"
 
     async def _make_hook(self) -> ZapHook:
+        from selfheal.scanners.zap import ZapHook
+
         return await ZapHook.afor_conn_id(self.conn_id)
 
     async def _poll(self, hook: ZapHook) -> dict[str, Any] | _Pending:
@@ -185,7 +189,7 @@ class GmpTaskFinishedTrigger(_ScanPollTrigger):
         *,
         task_id: str,
         report_id: str | None = None,
-        conn_id: str = GvmHook.default_conn_name,
+        conn_id: str = "gvm_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -199,6 +203,8 @@ class GmpTaskFinishedTrigger(_ScanPollTrigger):
         return f"GMP task {self.task_id} via {self.conn_id}"
 
     async def _make_hook(self) -> GvmHook:
+        from selfheal.scanners.gvm import GvmHook
+
         return await GvmHook.afor_conn_id(self.conn_id)
 
     async def _poll(self, hook: GvmHook) -> dict[str, Any] | _Pending:

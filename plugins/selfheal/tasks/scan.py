@@ -12,23 +12,23 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import Asset, Context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from selfheal.catalog import Service, load_catalog
-from selfheal.hooks.triage import TriageDbHook
-from selfheal.scanners import inbox
 from selfheal.scanners.errors import ScannerAuthError, ScannerError, ScannerNotFoundError
 from selfheal.scanners.sensors import _ScanSensor
 from selfheal.scanners.triggers import GmpTaskFinishedTrigger, ZapScanCompleteTrigger
 
+if TYPE_CHECKING:
+    from selfheal.catalog import Catalog, Service
+
 log = logging.getLogger(__name__)
 
 # Emitted by every successful ingest; `selfheal_remediate` is scheduled on it.
-FINDINGS_ASSET = Asset(name="selfheal_findings", uri="selfheal://triage/findings")
+FINDINGS_ASSET = Asset(name="selfheal_findings")
 
 # Scanners selfheal_scan runs per service. Inspector2 is account-wide: here it pulls what
 # changed since the shared watermark (selfheal_inspector_sync does the same on its own schedule).
@@ -37,8 +37,21 @@ SERVICE_SCANNERS = ("zap", "gvm", "wapiti", "inspector")
 FORMATS = {"zap": "zap-api", "gvm": "gmp-xml", "wapiti": "wapiti-json", "inspector": "inspector2"}
 
 
-def _engine():
+# The catalog (pydantic, YAML), the triage DB (SQLAlchemy) and the inbox load when a task
+# runs, not when the DAG file is parsed: parse time stays small (bench dag_parse).
+
+
+def _engine():  # sqlalchemy Engine
+    from selfheal.hooks.triage import TriageDbHook
+
     return TriageDbHook().get_engine()
+
+
+def load_catalog() -> Catalog:
+    from selfheal.catalog import load_catalog as load
+
+    return load()
+
 
 
 def due_services(services: Sequence[Service], start: datetime, end: datetime) -> list[Service]:
@@ -99,6 +112,7 @@ def _raise_for(exc: ScannerError) -> None:
 @task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
 def start_scan(item: dict[str, str]) -> dict[str, Any]:
     """Register the scan run and start the scanner; returns a small handle (ids only)."""
+    from selfheal.scanners import inbox
     from selfheal.triage import store
 
     svc = load_catalog().get(item["service"])
@@ -184,6 +198,8 @@ class ScanCompleteSensor(_ScanSensor):
 @task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
 def collect_report(handle: dict[str, Any]) -> dict[str, Any]:
     """Fetch the finished scan's full report into the inbox; only its id moves on."""
+    from selfheal.scanners import inbox
+
     scanner = handle["scanner"]
     if handle.get("inbox_ids"):
         return handle
@@ -229,6 +245,7 @@ def ingest_inbox(engine: Any, handle: dict[str, Any], *, complete_scope: bool) -
     and reports already moved out of the inbox are simply gone.
     """
     from selfheal.findings.model import ParseError  # noqa: F401 - documents what quarantines
+    from selfheal.scanners import inbox
     from selfheal.triage import store
 
     reports = inbox.load(engine, handle.get("inbox_ids") or [])
@@ -271,6 +288,7 @@ def ingest(handle: dict[str, Any]) -> dict[str, Any]:
 @task
 def inspector_watermark() -> str:
     """The stored Inspector2 watermark as ISO text ('' when none): the sensor's `since`."""
+    from selfheal.scanners import inbox
     from selfheal.scanners.inspector import InspectorHook, watermark_key
 
     hook = InspectorHook()
@@ -288,6 +306,7 @@ def inspector_service() -> str | None:
 @task(outlets=[FINDINGS_ASSET], retries=3, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
 def inspector_ingest() -> dict[str, Any]:
     """Pull every page changed since the watermark into the inbox, ingest them, then advance the watermark."""
+    from selfheal.scanners import inbox
     from selfheal.scanners.inspector import InspectorHook
     from selfheal.triage import store
 
