@@ -146,3 +146,27 @@ def test_due_services_follow_each_service_schedule() -> None:
     assert [s.name for s in scan_tasks.due_services([every6h, hourly, none], start, end)] == ["a", "b"]
     start, end = datetime(2026, 1, 1, 6, 45, tzinfo=UTC), datetime(2026, 1, 1, 7, 0, tzinfo=UTC)
     assert [s.name for s in scan_tasks.due_services([every6h, hourly, none], start, end)] == ["b"]
+
+
+def test_a_complete_scan_whose_report_is_bad_or_repeated_resolves_nothing(migrated_triage_url) -> None:
+    """Auto-resolve trusts a complete scan only when its reports were really read this run."""
+    engine = sa.create_engine(migrated_triage_url)
+    good = (FIXTURES / "handmade" / "zap_api_alerts.json").read_bytes()
+
+    def scan(body: bytes, source: str) -> dict:
+        run_id = store.start_scan_run(engine, "zap", "demo-target", scope="http://x")
+        ids = [inbox.put(engine, scan_run_id=run_id, scanner="zap", fmt="zap-api", service="demo-target",
+                         source=source, body=body)]
+        return scan_tasks.ingest_inbox(engine, {"scan_run_id": run_id, "service": "demo-target",
+                                                "scanner": "zap", "inbox_ids": ids}, complete_scope=True)
+
+    first = scan(good, "zap:first")
+    assert first["new"] > 0
+    for body, source in ((good[:100], "zap:truncated"), (good, "zap:same-bytes-again")):
+        out = scan(body, source)
+        assert out["resolved"] == 0, (source, out)
+    with engine.connect() as c:
+        statuses = c.execute(sa.select(findings.c.status).distinct()).scalars().all()
+        runs = c.execute(sa.select(scan_runs.c.status).order_by(scan_runs.c.id)).scalars().all()
+    assert "resolved" not in statuses
+    assert runs == ["succeeded", "partial", "partial"]

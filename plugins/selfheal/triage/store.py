@@ -903,7 +903,12 @@ def ingest_reports(
                 result.scan_run_id = None
             else:
                 _record_counts(conn, run_id, result, scanners if scan_run_id is None and scanner is None else None)
-                if complete_scope:
+                if complete_scope and (result.quarantined or result.duplicates):
+                    # The run did not really see its whole scope (a report failed to parse, or
+                    # arrived before and recorded no new observations): resolving what it "did
+                    # not see" would close real findings. Close the run without auto-resolve.
+                    _finish(conn, run_id, complete=False, status="partial", now=now)
+                elif complete_scope:
                     result.resolved = _finish(conn, run_id, complete=True, status="succeeded", now=now)
     finally:
         if owned:
