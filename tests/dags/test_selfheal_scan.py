@@ -71,7 +71,7 @@ def catalog(tmp_path: Path, demo_target: str, monkeypatch: pytest.MonkeyPatch) -
     return path
 
 
-def _states(dr) -> dict[str, list[str]]:  # noqa: ANN001
+def _states(dr) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for ti in dr.get_task_instances():
         out.setdefault(ti.task_id, []).append(ti.state)
