@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "scripts" / "services.sh"
 
 # Airflow reads its configuration when first imported, so the test Airflow home
-# is set here, before any test module imports it. It persists under .run/ so a
-# warm run skips most of the migration.
+# is set here, before any test module imports it (under .run/, reset per session).
 AIRFLOW_TEST_HOME = Path(os.environ.get("SELFHEAL_RUN_DIR", REPO / ".run")) / "airflow-test-home"
 os.environ["AIRFLOW_HOME"] = str(AIRFLOW_TEST_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -103,10 +102,13 @@ def base_image(docker_client) -> str:
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """Airflow's metadata DB, migrated once per session (dag.test() needs it)."""
+    """Airflow's metadata DB, fresh and migrated once per session (dag.test() needs it).
+
+    Fresh, so state left by an earlier run (serialized DAGs, assets, runs) never
+    leaks into this one."""
     from airflow.utils import db
 
-    db.initdb()
+    db.resetdb()
     return AIRFLOW_TEST_HOME
 
 

@@ -170,3 +170,34 @@ def test_a_complete_scan_whose_report_is_bad_or_repeated_resolves_nothing(migrat
         runs = c.execute(sa.select(scan_runs.c.status).order_by(scan_runs.c.id)).scalars().all()
     assert "resolved" not in statuses
     assert runs == ["succeeded", "partial", "partial"]
+
+
+def test_inspector_sync_ingests_what_changed_and_stores_the_watermark(
+    dagbag, migrated_triage_url, catalog, monkeypatch
+) -> None:
+    from selfheal.scanners.inspector import InspectorHook, watermark_key
+
+    moto = MotoInspector2().start()
+    try:
+        page = sample_findings("aws_inspector2/aws_inspector2_package_vuln_metadata.json")
+        # moto answers each distinct ListFindings query with the next queued list: one for
+        # the sensor's probe (maxResults=1), one for the sync's paginated read.
+        moto.queue_results(page, page)
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", connection_json(moto.endpoint_url))
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", migrated_triage_url)
+        dr = dagbag.get_dag("selfheal_inspector_sync").test()
+        states = _states(dr)
+        assert dr.state == DagRunState.SUCCESS, states
+        assert states["inspector_ingest"] == [TaskInstanceState.SUCCESS]
+        engine = sa.create_engine(migrated_triage_url)
+        with engine.connect() as c:
+            rows = c.execute(sa.select(findings.c.sources, findings.c.service, findings.c.kind)).all()
+            run = c.execute(sa.select(scan_runs.c.scanner, scan_runs.c.status)).one()
+        assert rows and all(r.sources == ["inspector"] for r in rows)
+        # The catalog has exactly one service using Inspector2: its findings are attributed to it.
+        assert {r.service for r in rows} == {"demo-target"}
+        assert run.scanner == "inspector" and run.status == "succeeded"
+        hook = InspectorHook()
+        assert inbox.PgWatermarkStore(engine).get(watermark_key(hook.aws_conn_id, hook.region_name)) is not None
+    finally:
+        moto.stop()
