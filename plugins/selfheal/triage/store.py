@@ -906,8 +906,11 @@ def ingest_reports(
                 if complete_scope and (result.quarantined or result.duplicates):
                     # The run did not really see its whole scope (a report failed to parse, or
                     # arrived before and recorded no new observations): resolving what it "did
-                    # not see" would close real findings. Close the run without auto-resolve.
-                    _finish(conn, run_id, complete=False, status="partial", now=now)
+                    # not see" would close real findings. Close the run without auto-resolve
+                    # (a retry of an already closed run leaves it as it was).
+                    closed = sa.select(scan_runs.c.finished_at).where(scan_runs.c.id == run_id)
+                    if conn.execute(closed).scalar() is None:
+                        _finish(conn, run_id, complete=False, status="partial", now=now)
                 elif complete_scope:
                     result.resolved = _finish(conn, run_id, complete=True, status="succeeded", now=now)
     finally:

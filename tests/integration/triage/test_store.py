@@ -16,7 +16,7 @@ from selfheal.triage.schema import findings, observations, quarantine, raw_repor
 
 HOST = "shop.test"
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "scanner-samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "scanner-samples"
 
 
 def snapshot(db) -> list[dict]:

@@ -153,7 +153,7 @@ def test_relined_replaces_only_the_merged_columns() -> None:
     assert new.split(b"\t")[:-3] == line.split(b"\t")[:-3]
 
 
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "scanner-samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "scanner-samples"
 
 
 def _reference_line(f: Finding, service: str | None) -> str:
