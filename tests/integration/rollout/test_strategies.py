@@ -57,9 +57,21 @@ def traffic_changes(events: list[dict[str, Any]]) -> list[dict[str, int]]:
     return [e["weights"] for e in events if e["event"] == "traffic"]
 
 
-def test_canary_promotes_step_by_step_and_records_every_change(stack: LocalStack, knob) -> None:
+def test_canary_promotes_step_by_step_and_records_every_change(stack: LocalStack, knob, migrated_triage_url) -> None:
+    import sqlalchemy as sa
+
+    from selfheal.pipeline_state import rollout_events
+    from selfheal.rollout.events import RolloutEventStore
+
     first_release(stack, knob(version="v1", delay_ms=10))
     events: list[dict[str, Any]] = []
+    engine = sa.create_engine(migrated_triage_url)
+    stored = RolloutEventStore(engine, patch_id="PATCH-2")
+
+    def record(ev: dict[str, Any]) -> None:
+        events.append(ev)
+        stored(ev)
+
     with stack.load("shop", **LOAD) as lc:
         res = run_canary(
             stack.backend,
@@ -69,9 +81,14 @@ def test_canary_promotes_step_by_step_and_records_every_change(stack: LocalStack
             version="v2",
             patch_id="PATCH-2",
             config=CanaryConfig(analysis=FAST),
-            record=events.append,
+            record=record,
         )
     assert res.promoted, res.reason
+    with engine.connect() as c:  # every verdict and traffic change is stored in Postgres
+        kinds = c.execute(sa.select(rollout_events.c.kind).order_by(rollout_events.c.id)).scalars().all()
+        assert c.execute(sa.select(sa.func.count()).select_from(rollout_events)).scalar() == len(events)
+        assert set(c.execute(sa.select(rollout_events.c.patch_id)).scalars()) == {"PATCH-2"}
+    assert kinds == [e["event"] for e in events] and kinds.count("traffic") == 4
     assert traffic_changes(events) == [
         {"green": 5, "blue": 95},
         {"green": 25, "blue": 75},
