@@ -157,3 +157,23 @@ def test_plan_that_needs_a_human_is_refused_before_docker(demo_repo, plans, comm
     plan = dataclasses.replace(plan, needs_human=True, reason="no recipe")
     r = verify_patch(plan, repo=demo_repo, commit=commits["code_fix"], client=object())
     assert not r.passed and r.failed_check == "plan" and "needs a human" in r.reason
+
+
+def test_config_hardening_patch_passes_in_the_sandbox(docker_client, base_image, wapiti_bin, demo_repo,
+                                                      service) -> None:
+    """The header/banner recipe's app-setting patch is built and verified like any other."""
+    from selfheal.findings import parse_bytes
+    from selfheal.patches.git import commit_plan
+    from selfheal.patches.planner import plan_repository
+
+    # A real Wapiti 3.2.3 report of the demo: its missing-header findings drive the recipe.
+    report = (Path(__file__).parent / "data" / "wapiti-demo-target.json").read_bytes()
+    findings = parse_bytes(report, "wapiti-demo-target.json", "wapiti-json", service=service.name)
+    plan = next(p for p in plan_repository(findings, service, demo_repo) if p.recipe == "config_hardening")
+    assert not plan.failed and not plan.needs_human, plan.reason
+    r = verify_patch(plan, repo=demo_repo, commit=commit_plan(demo_repo, plan).commit, service=service,
+                     client=docker_client)
+    assert r.passed, explain(r)
+    # Headers and banner: the replayed request sees them now, and the targeted rescan no longer reports them.
+    assert checks_of(r) == {"tests": "passed", "exploit_replay": "passed", "rescan": "passed", "latency": "passed"}
+    assert_no_leftovers(docker_client, r.sandbox_id)
