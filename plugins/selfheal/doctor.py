@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from selfheal.paths import PACKAGE_DIR
-
 MIN_HAPROXY = (2, 6)
 
 
@@ -41,21 +39,14 @@ class CheckResult:
         return self
 
 
-def redact_url(url: str) -> str:
-    """A database URL safe for logs: the password never leaves this function."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
-
-
 def check_triage_db(url: str) -> CheckResult:
     """The triage DB answers and is migrated to the newest Alembic revision."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    from selfheal.triage import migrate
+    from selfheal.triage.db import masked
 
-    shown = redact_url(url)
-    engine = sa.create_engine(url)
+    shown = masked(url)
     try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+        current = migrate.current(url)
     except sa.exc.SQLAlchemyError as e:
         first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
         return CheckResult(
@@ -63,18 +54,7 @@ def check_triage_db(url: str) -> CheckResult:
             "start PostgreSQL (scripts/services.sh start postgres) or set the `selfheal_triage` "
             "connection / SELFHEAL_DATABASE_URL to a reachable database",
         )
-    finally:
-        engine.dispose()
-    migrations = PACKAGE_DIR / "triage" / "migrations"
-    head: str | None = None
-    if (migrations / "env.py").exists():
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(migrations))
-        head = ScriptDirectory.from_config(cfg).get_current_head()
-    if head is None:
-        return CheckResult("triage_db", True, f"{shown} reachable (no migrations packaged)")
+    head = migrate.head()
     if current != head:
         return CheckResult(
             "triage_db", False, f"{shown} is at revision {current or 'none'}, newest is {head}",

@@ -1,15 +1,12 @@
 """TriageDbHook: where the triage database is, from an Airflow connection.
 
 Resolution order: the `selfheal_triage` connection (a Postgres connection,
-so the password lives in Airflow's secrets backend), then the
-SELFHEAL_DATABASE_URL environment variable, then an SQLite file beside
-AIRFLOW_HOME (the embedded default). The URL is never logged with its password.
+so the password lives in Airflow's secrets backend), then what
+`selfheal.triage.db.database_url` says (SELFHEAL_DATABASE_URL, else the
+embedded SQLite file). The URL is never logged with its password.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import sqlalchemy as sa
 from airflow.sdk import BaseHook
@@ -40,11 +37,11 @@ class TriageDbHook(BaseHook):
                 port=conn.port or 5432,
                 database=conn.schema or "selfheal",
             ).render_as_string(hide_password=False)
-        env = os.environ.get("SELFHEAL_DATABASE_URL")
-        if env:
-            return env
-        home = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow"))
-        return f"sqlite:///{home / 'selfheal_triage.db'}"
+        from selfheal.triage.db import database_url
+
+        return database_url()
 
     def get_engine(self) -> sa.Engine:
-        return sa.create_engine(self.get_url(), pool_pre_ping=True)
+        from selfheal.triage.db import make_engine
+
+        return make_engine(self.get_url())

@@ -27,9 +27,10 @@ NETWORK_NONE_PROBE = (
 
 
 def base_image_tag() -> str:
-    return os.environ.get("AIRFLOW_VAR_SELFHEAL_BASE_IMAGE") or os.environ.get(
-        "SELFHEAL_BASE_IMAGE", DEFAULT_BASE_IMAGE
-    )
+    """The same tag the DockerOperator task templates: the `selfheal_base_image` Variable."""
+    from airflow.sdk import Variable
+
+    return Variable.get("selfheal_base_image", default=DEFAULT_BASE_IMAGE)
 
 
 @task

@@ -244,7 +244,6 @@ def ingest_inbox(engine: Any, handle: dict[str, Any], *, complete_scope: bool) -
     Re-running after a crash is harmless: ingest skips bytes it already has (sha256),
     and reports already moved out of the inbox are simply gone.
     """
-    from selfheal.findings.model import ParseError  # noqa: F401 - documents what quarantines
     from selfheal.scanners import inbox
     from selfheal.triage import store
 
