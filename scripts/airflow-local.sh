@@ -46,9 +46,7 @@ up() {
     scripts/services.sh start postgres docker base-image
     eval "$(scripts/services.sh env)"
     export SELFHEAL_DATABASE_URL AIRFLOW_VAR_SELFHEAL_BASE_IMAGE="$SELFHEAL_BASE_IMAGE"
-    if .venv/bin/selfheal --help 2>/dev/null | grep -q " db "; then
-        .venv/bin/selfheal db upgrade --url "$SELFHEAL_DATABASE_URL" >/dev/null
-    fi
+    .venv/bin/selfheal db upgrade --url "$SELFHEAL_DATABASE_URL" >/dev/null
     if alive; then
         log "already running (pid $(cat "$RUN/airflow.pid"))"
     else
