@@ -82,16 +82,36 @@ up() {
 EOT
 }
 
+# Members of a process group that still run (zombies are finished: they only wait to be
+# reaped by their parent or by PID 1, which in a container may never do it).
+group_alive() {
+    local p s
+    for p in $(pgrep -g "$1" 2>/dev/null); do
+        s=$(sed -E "s/.*\) ([A-Za-z]).*/\1/" "/proc/$p/stat" 2>/dev/null) || continue
+        [ "$s" != "Z" ] && return 0
+    done
+    return 1
+}
+
+wait_group() {  # wait_group PGID SECONDS: true once the group has no running member
+    local i
+    for i in $(seq 1 $(($2 * 4))); do group_alive "$1" || return 0; sleep 0.25; done
+    ! group_alive "$1"
+}
+
 down() {
-    if alive; then
+    if [ -f "$RUN/airflow.pid" ]; then
         local pid
         pid=$(cat "$RUN/airflow.pid")
-        log "stopping airflow (SIGINT to process group $pid)"
-        kill -INT -- "-$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.25; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
+        if group_alive "$pid"; then
+            # SIGINT to the group is what `airflow standalone` handles cleanly; escalate only if
+            # some member (a task runner, a gunicorn worker) outlives it.
+            log "stopping airflow (SIGINT to process group $pid)"
+            kill -INT -- "-$pid" 2>/dev/null || true
+            wait_group "$pid" 30 || { log "group $pid still running: SIGTERM"; kill -TERM -- "-$pid" 2>/dev/null || true; }
+            wait_group "$pid" 10 || { log "group $pid still running: SIGKILL"; kill -KILL -- "-$pid" 2>/dev/null || true; }
+            wait_group "$pid" 10 || { log "process group $pid did not stop"; exit 1; }
+        fi
     fi
     rm -f "$RUN/airflow.pid"
     scripts/services.sh stop
