@@ -13,8 +13,9 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 # ------------------------------------------------------------------ Debian
 # docker.io: sandboxes and the docker backend; haproxy: the gateway; debootstrap:
 # the offline base image; wrk: independent load generator; redis-server: Celery broker;
-# chromium + fonts-liberation: the UI browser test (Playwright drives the system Chromium).
-APT_PACKAGES=(docker.io haproxy debootstrap wrk redis-server git make chromium fonts-liberation)
+# chromium + fonts-liberation: the UI browser test (Playwright drives the system Chromium);
+# docker-compose: `docker-compose config` validates docker-compose.yaml (tests/unit/test_compose.py).
+APT_PACKAGES=(docker.io haproxy debootstrap wrk redis-server git make chromium fonts-liberation docker-compose)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || APT_PACKAGES+=(postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

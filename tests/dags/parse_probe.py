@@ -32,7 +32,10 @@ def main(paths: list[str]) -> None:
     global armed
     # Warm the heavy imports first: they read their own data files, which is
     # not the DAG file's doing.
+    # (TriggerDagRunOperator imports airflow-core's models, which read the serialization schema:
+    # already loaded in the dag-processor that parses DAG files.)
     from airflow.providers.docker.operators.docker import DockerOperator  # noqa: F401
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator  # noqa: F401
     from airflow.sdk import DAG
 
     # Building one empty DAG runs Airflow's own lazy imports (croniter calls

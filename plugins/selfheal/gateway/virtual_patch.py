@@ -34,6 +34,7 @@ from selfheal.findings.model import Finding
 from selfheal.gateway.config import GatewayPaths
 from selfheal.gateway.runtime import GatewayUnavailable, RuntimeAPIError, RuntimeClient, RuntimeUnavailable
 from selfheal.gateway.state import RULE_ACTIONS, AuditEvent, GatewayStateStore, RuleAction, VirtualPatch
+from selfheal.logs import with_log_context
 
 
 class RuleError(ValueError):
@@ -372,11 +373,13 @@ class VirtualPatcher:
         if self.audit_hook is not None:
             self.audit_hook(ev)
 
+    @with_log_context(finding_id="finding.fingerprint", service="service|finding.service")
     def apply_finding(self, finding: Finding, service: str | None = None) -> VirtualPatch:
         rule = derive(finding, service)
         self.apply(rule)
         return rule
 
+    @with_log_context(finding_id="rule.finding", rule_id="rule.id", service="rule.service")
     def apply(self, rule: VirtualPatch) -> bool:
         """Make ``rule`` desired and live. Returns False when it already was both."""
         check_rule(rule, self.services)
@@ -409,6 +412,7 @@ class VirtualPatcher:
         self._audit(ev)
         return True
 
+    @with_log_context(finding_id="rule.finding", rule_id="rule.id|rule", service="rule.service")
     def remove(self, rule: VirtualPatch | str) -> bool:
         """Remove a rule from desired state and from the gateway. False when it was not there."""
         rid = rule if isinstance(rule, str) else rule.id

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from selfheal.gateway.logs import LogCollector
+from selfheal.logs import propagate, with_log_context
 from selfheal.rollout.analysis import Judgement, SampleLike, Thresholds, judge, summarize
 from selfheal.rollout.backends.base import BackendError, DeploymentBackend, Release, TrafficSnapshot
 from selfheal.rollout.load import probe
@@ -375,7 +376,7 @@ def _pre_promotion(ro: _Rollout, cfg: BlueGreenConfig) -> tuple[str, str]:
         def run(name: str, endpoint: str) -> None:
             results[name] = probe(endpoint, cfg.pre_check_paths, cfg.pre_check_requests, **kw)
 
-        t = threading.Thread(target=run, args=("prev", prev.endpoint))
+        t = threading.Thread(target=propagate(run), args=("prev", prev.endpoint))
         t.start()
         run("new", new.endpoint)
         t.join()
@@ -402,6 +403,7 @@ def _pre_promotion(ro: _Rollout, cfg: BlueGreenConfig) -> tuple[str, str]:
     return ("continue" if ok else "abort"), reason
 
 
+@with_log_context("service", "patch_id")
 def run_blue_green(
     backend: DeploymentBackend,
     analysis: AnalysisSource,
@@ -468,6 +470,7 @@ def run_blue_green(
 # ---------------------------------------------------------------------------- canary
 
 
+@with_log_context("service", "patch_id")
 def run_canary(
     backend: DeploymentBackend,
     analysis: AnalysisSource,
@@ -525,6 +528,7 @@ def run_canary(
     return _run_guarded(ro, snap, body)
 
 
+@with_log_context("service", "patch_id", "strategy")
 def run_rollout(
     backend: DeploymentBackend,
     analysis: AnalysisSource,

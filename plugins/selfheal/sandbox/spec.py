@@ -77,6 +77,9 @@ class SandboxSpec:
     openapi_path: str | None = None
     base_image: str = field(default_factory=lambda: os.environ.get("SELFHEAL_BASE_IMAGE", DEFAULT_BASE_IMAGE))
     build_args: Mapping[str, str] = field(default_factory=dict)
+    # The base the patched image is built on when the plan changes it (base_image_refresh); the
+    # baseline stays on ``base_image``, the one the running version was built on.
+    patched_base_image: str | None = None
     no_cache: bool = False
     pull: bool = False  # base_image_refresh asks for the refreshed base tag (needs a registry)
 
@@ -115,7 +118,8 @@ def spec_from_plan(plan: PatchPlan | Mapping[str, Any], service: Any = None, **o
 
     Mapping: ``verification.tests.command`` (else the catalog's ``test_command``: an image change
     always runs the service's own suite), ``exploit_replay``, ``rescan`` (+ the plan's finding
-    fingerprints), ``dependency_version``, ``latency``, ``build.no_cache``; the catalog gives the
+    fingerprints), ``dependency_version``, ``latency``, ``build.no_cache``/``pull``/``base_image``
+    (the patched image's base, when the plan changes it); the catalog gives the
     Dockerfile, port, health path and OpenAPI path. ``overrides`` replace fields of the result.
     """
     if not isinstance(plan, PatchPlan):
@@ -153,6 +157,19 @@ def spec_from_plan(plan: PatchPlan | Mapping[str, Any], service: Any = None, **o
         latency=v.latency,
         no_cache=bool(v.build.get("no_cache", False)),
         pull=bool(v.build.get("pull", False)),
+        patched_base_image=_base_ref(v.build.get("base_image"), plan.id),
         **kw,
     )
     return replace(spec, **overrides) if overrides else spec
+
+
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", re.IGNORECASE)
+
+
+def _base_ref(value: Any, plan_id: str) -> str | None:
+    """``build.base_image`` of a plan: an image reference, or None when the plan keeps the base."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _IMAGE_REF.match(value):
+        raise SpecError(f"plan {plan_id}: build.base_image {value!r} is not an image reference")
+    return value

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from selfheal.logs import propagate, with_log_context
 from selfheal.sandbox import checks
 from selfheal.sandbox.build import BuiltImage, build_image, existing_image, resolve_commit
 from selfheal.sandbox.errors import BuildFailed, DockerUnavailable, SandboxError, docker_errors
@@ -85,6 +86,7 @@ def docker_client(timeout: int = 120) -> Any:
     return client
 
 
+@with_log_context(patch_id="plan.id|plan.patch_id", service="service.name|plan.service")
 def verify_patch(
     plan: Any,
     *,
@@ -191,11 +193,14 @@ def _build(
     t = time.monotonic()
     say("build patched image")
     patched = build_image(client, repo, commit, spec.image_tag, no_cache=spec.no_cache, pull=spec.pull,
-                          labels=labels, timeout_s=budget(), **common)
+                          labels=labels, timeout_s=budget(),
+                          **{**common, "base_image": spec.patched_base_image or spec.base_image})
     result.timings["build_patched_s"] = round(time.monotonic() - t, 3)
     result.commit, result.image, result.image_id, result.image_digest = (
         patched.commit, patched.tag, patched.image_id, patched.digest)
-    result.build = {"patched": {k: v for k, v in patched.to_dict().items() if k != "log_tail"}}
+    result.build = {"patched": {k: v for k, v in patched.to_dict().items() if k != "log_tail"},
+                    "base_image": {"patched": spec.patched_base_image or spec.base_image,
+                                   "baseline": spec.base_image}}
     needs_baseline = bool(spec.exploits) or spec.latency is not None
     baseline: BuiltImage | None = None
     t = time.monotonic()
@@ -298,7 +303,7 @@ def _run_checks(
             rescan = None
             if "rescan" in rest:
                 say("check rescan")
-                rescan = pool.submit(_timed, "rescan", lambda: checks.rescan(sb, spec, svc_patched))
+                rescan = pool.submit(propagate(_timed), "rescan", lambda: checks.rescan(sb, spec, svc_patched))
             ok = True
             if tests is not None:
                 ok = attempt("tests", lambda: checks.finish_tests(sb, spec, *tests))

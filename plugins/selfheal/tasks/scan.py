@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 from airflow.sdk import Asset, Context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from selfheal.logs import with_log_context
 from selfheal.scanners.errors import ScannerAuthError, ScannerError, ScannerNotFoundError
 from selfheal.scanners.sensors import _ScanSensor
 from selfheal.scanners.triggers import GmpTaskFinishedTrigger, ZapScanCompleteTrigger
 
 if TYPE_CHECKING:
     from selfheal.catalog import Catalog, Service
+    from selfheal.remediation.mitigate import InlineMitigator
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ def _raise_for(exc: ScannerError) -> None:
 
 
 @task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
+@with_log_context(service="item.service", scanner="item.scanner")
 def start_scan(item: dict[str, str]) -> dict[str, Any]:
     """Register the scan run and start the scanner; returns a small handle (ids only)."""
     from selfheal.scanners import inbox
@@ -167,6 +170,8 @@ class ScanCompleteSensor(_ScanSensor):
         super().__init__(**kwargs)
         self.handle = handle
 
+    @with_log_context(service="self.handle.service", scanner="self.handle.scanner",
+                      scan_run_id="self.handle.scan_run_id")
     def execute(self, context: Context) -> dict[str, Any] | None:
         if self.handle["scanner"] not in ("zap", "gvm"):
             return self.handle
@@ -185,6 +190,8 @@ class ScanCompleteSensor(_ScanSensor):
                                       report_id=str(h.get("report_id") or "") or None, deadline=deadline,
                                       poke_interval=self.poke_interval)
 
+    @with_log_context(service="self.handle.service", scanner="self.handle.scanner",
+                      scan_run_id="self.handle.scan_run_id")
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             result = super().execute_complete(context, event)
@@ -196,6 +203,7 @@ class ScanCompleteSensor(_ScanSensor):
 
 
 @task(retries=3, retry_delay=timedelta(seconds=20), retry_exponential_backoff=2.0)
+@with_log_context(service="handle.service", scanner="handle.scanner", scan_run_id="handle.scan_run_id")
 def collect_report(handle: dict[str, Any]) -> dict[str, Any]:
     """Fetch the finished scan's full report into the inbox; only its id moves on."""
     from selfheal.scanners import inbox
@@ -238,9 +246,47 @@ def collect_report(handle: dict[str, Any]) -> dict[str, Any]:
     return {**handle, "inbox_ids": [inbox_id], "report_bytes": len(body)}
 
 
-def ingest_inbox(engine: Any, handle: dict[str, Any], *, complete_scope: bool) -> dict[str, Any]:
+def inline_mitigator(engine: Any) -> InlineMitigator | None:
+    """Instant mitigations for the ingest, prepared before its commit (policy compiled, gateway
+    connected), so the commit -> blocked path is short. None when even that fails: the ingest
+    goes on and the remediation DAG's first step applies the rules instead."""
+    from airflow.sdk import Variable
+
+    from selfheal.remediation.mitigate import prepare_inline
+    from selfheal.runtime import GATEWAY_VARIABLE
+
+    try:
+        return prepare_inline(engine, load_catalog(), Variable.get(GATEWAY_VARIABLE, default=None))
+    except Exception as e:  # noqa: BLE001 - e.g. a broken catalog: never a reason to lose an ingest
+        log.warning("instant mitigations disabled for this ingest: %s", " ".join(str(e).split())[:300])
+        return None
+
+
+def _mitigate(mitigator: InlineMitigator | None, result: Any) -> dict[str, int] | None:
+    """Apply the instant mitigations for what this ingest created or reopened; logs, never raises."""
+    if mitigator is None:
+        return None
+    from selfheal.remediation.mitigate import summarize
+
+    try:
+        done = mitigator([*result.new_ids, *result.reopened_ids])
+    except Exception:  # the findings are committed; the remediation DAG catches up on these
+        log.exception("instant mitigations failed after the ingest committed")
+        return {"error": 1}
+    for r in done:
+        if r["outcome"] in ("applied", "failed"):
+            level = logging.INFO if r["outcome"] == "applied" else logging.WARNING
+            log.log(level, "finding %s: %s %s: %s", r["finding_id"], r["outcome"], r["rule_id"], r["reason"])
+    return summarize(done)
+
+
+def ingest_inbox(
+    engine: Any, handle: dict[str, Any], *, complete_scope: bool, mitigator: InlineMitigator | None = None
+) -> dict[str, Any]:
     """Ingest the handle's inbox reports into the triage store and drop them from the inbox.
 
+    Right after the commit, ``mitigator`` (see ``inline_mitigator``) applies the instant
+    virtual patches policy allows for the findings this ingest created or reopened.
     Re-running after a crash is harmless: ingest skips bytes it already has (sha256),
     and reports already moved out of the inbox are simply gone.
     """
@@ -255,18 +301,24 @@ def ingest_inbox(engine: Any, handle: dict[str, Any], *, complete_scope: bool) -
         scan_run_id=int(handle["scan_run_id"]),
         complete_scope=complete_scope,
     )
+    mitigations = _mitigate(mitigator, result)
     with engine.begin() as conn:
         inbox.delete(conn, [r.id for r in reports])
     quarantined = [o.error for o in result.reports if o.status == "quarantined"]
     for err in quarantined:
         log.error("quarantined: %s", err)
-    return {"service": handle.get("service"), "scanner": handle.get("scanner"),
-            "scan_run_id": result.scan_run_id, **result.counts(), "seconds": round(time.monotonic() - started, 3)}
+    out = {"service": handle.get("service"), "scanner": handle.get("scanner"), "scan_run_id": result.scan_run_id,
+           **result.counts(), "seconds": round(time.monotonic() - started, 3)}
+    if mitigations is not None:
+        out["mitigations"] = mitigations
+    return out
 
 
 @task(outlets=[FINDINGS_ASSET])
+@with_log_context(service="handle.service", scanner="handle.scanner", scan_run_id="handle.scan_run_id")
 def ingest(handle: dict[str, Any]) -> dict[str, Any]:
-    """Store raw, upsert findings, record observations, close the run.
+    """Store raw, upsert findings, record observations, close the run, then apply the
+    instant mitigations (virtual patches) policy allows for what was new or reopened.
 
     A full scan (ZAP, Greenbone, Wapiti) covered the service's whole scope, so
     it resolves what it no longer sees; Inspector2's incremental pull does not.
@@ -275,7 +327,12 @@ def ingest(handle: dict[str, Any]) -> dict[str, Any]:
 
     engine = _engine()
     full = handle["scanner"] != "inspector"
-    out = ingest_inbox(engine, handle, complete_scope=full)
+    mitigator = inline_mitigator(engine)
+    try:
+        out = ingest_inbox(engine, handle, complete_scope=full, mitigator=mitigator)
+    finally:
+        if mitigator is not None:
+            mitigator.close()
     if not full:
         store.finish_scan_run(engine, int(handle["scan_run_id"]), status="succeeded")
     return out

@@ -209,3 +209,34 @@ def wait_for_stage(proc: subprocess.Popen, stage: str, timeout: float = 300) -> 
         if line.strip() == f"selfheal-sandbox: {stage}":
             return seen
     raise AssertionError(f"stage {stage!r} not reached; stderr so far: {seen[-20:]}")
+
+
+def remove_image_tree(client, root_id: str) -> list[str]:
+    """Remove image ``root_id`` and every image built on it (children first); the ids removed.
+
+    Removing a tag is not enough for an image something was built on: Docker only untags it while a
+    child exists, and a multi-stage build leaves its first stage as such a child (an untagged image
+    nothing else refers to). The classic builder records each image's parent, so the tree is known.
+    """
+    import docker.errors
+
+    rows = client.api.images(all=True)
+    parent = {r["Id"]: r.get("ParentId") or "" for r in rows}
+
+    def depth(image_id: str) -> int | None:
+        d = 0
+        while image_id and image_id != root_id:
+            image_id, d = parent.get(image_id, ""), d + 1
+        return d if image_id == root_id else None
+
+    tree = sorted(((d, i) for i in parent if (d := depth(i)) is not None), reverse=True)
+    removed = []
+    for d, image_id in tree:
+        try:
+            # Children: force drops their tags, noprune because their parents are in the tree too.
+            # The root: pruned up to the next tagged ancestor (the base it was built on).
+            client.api.remove_image(image_id, force=d > 0, noprune=d > 0)
+            removed.append(image_id)
+        except docker.errors.NotFound:
+            continue
+    return removed

@@ -1,15 +1,17 @@
-"""base_image_refresh: Dockerfile base detection and the digest bump (digests injected: StaticImages)."""
+"""base_image_refresh: Dockerfile bases, the digest bump and the refreshed-tag bump (StaticImages)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from patches_kit import dep, make_service, write
 
 from selfheal.demo import TARGET_DIR
 from selfheal.patches.diffs import apply_diff
 from selfheal.patches.recipes import PlanContext
 from selfheal.patches.recipes.base_image_refresh import BaseImageRefresh, StaticImages, base_images
+from selfheal.sandbox.spec import SpecError, spec_from_plan
 
 OLD = "sha256:" + "1" * 64
 NEW = "sha256:" + "2" * 64
@@ -51,7 +53,7 @@ def test_pinned_digest_is_bumped_in_the_dockerfile(tmp_path: Path) -> None:
         v.dependency_version[0].ecosystem == "os"
         and v.dependency_version[0].min_version == "3.0.15-1~deb12u1"
     )
-    assert v.build == {"no_cache": True, "pull": False}
+    assert v.build == {"no_cache": True, "pull": False, "base_image": f"python:3.11-slim@{NEW}"}
     assert v.applicable() == ["tests", "dependency_version", "latency"]
 
 
@@ -86,3 +88,61 @@ def test_applies_only_to_os_packages() -> None:
     r, svc = BaseImageRefresh(), make_service()
     assert r.applies(OS_FINDING, svc)
     assert not r.applies(dep("jinja2", "3.1.2", "3.1.3"), svc)
+
+
+def test_refreshed_tag_replaces_the_build_argument_default(tmp_path: Path) -> None:
+    text = "# base\nARG BASE_IMAGE=selfheal/base:bookworm\nFROM ${BASE_IMAGE} AS build\nFROM ${BASE_IMAGE}\n"
+    write(tmp_path, {"Dockerfile": text})
+    new = "selfheal/base:bookworm-20261130"
+    ctx = PlanContext(images=StaticImages({}, newer={"selfheal/base:bookworm": new}))
+    plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
+    assert not plan.needs_human and plan.files == ("Dockerfile",), plan.reason
+    apply_diff(tmp_path, plan.diff)
+    assert (tmp_path / "Dockerfile").read_text() == text.replace("bookworm\n", "bookworm-20261130\n", 1)
+    # The sandbox builds the patched image on the new base, whatever BASE_IMAGE it would pass by default.
+    assert plan.verification.build == {"no_cache": True, "pull": False, "base_image": new}
+    assert f"Dockerfile:2: selfheal/base:bookworm -> {new} (refreshed tag)" in plan.description
+    spec = spec_from_plan(plan, make_service())
+    assert spec.patched_base_image == new and spec.no_cache and not spec.pull
+
+
+def test_refreshed_tag_in_from_keeps_the_stage_name(tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": "FROM debian:bookworm AS run\nRUN true\n"})
+    ctx = PlanContext(images=StaticImages({}, newer={"debian:bookworm": "debian:bookworm-20261130"}))
+    plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
+    apply_diff(tmp_path, plan.diff)
+    assert (tmp_path / "Dockerfile").read_text() == "FROM debian:bookworm-20261130 AS run\nRUN true\n"
+
+
+def test_base_spelled_with_variables_is_rebuilt_not_rewritten(tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": "ARG PY=3.11\nFROM python:${PY}-slim\n"})
+    ctx = PlanContext(images=StaticImages({}, newer={"python:3.11-slim": "python:3.11-slim-20261130"}))
+    plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
+    assert not plan.diff and plan.verification.build == {"no_cache": True, "pull": True}
+
+
+def test_no_newer_tag_known_keeps_the_rebuild_plan(tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n"})
+    ctx = PlanContext(images=StaticImages({}, newer={"python:3.12-slim": "python:3.12-slim-20261130"}))
+    plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
+    assert not plan.diff and plan.verification.build == {"no_cache": True, "pull": True}
+    assert spec_from_plan(plan, make_service()).patched_base_image is None
+
+
+def test_a_bad_base_image_in_a_plan_is_refused_by_the_sandbox_spec(tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": f"FROM python:3.11-slim@{OLD}\n"})
+    plan = BaseImageRefresh().plan(
+        [OS_FINDING], make_service(), tmp_path, PlanContext(images=StaticImages({"python:3.11-slim": NEW}))
+    )
+    doc = plan.to_dict()
+    doc["verification"]["build"]["base_image"] = "x; rm -rf /"
+    with pytest.raises(SpecError, match=r"build.base_image 'x; rm -rf /' is not an image reference"):
+        spec_from_plan(doc, make_service())
+
+
+def test_refreshed_tag_replaces_the_value_not_an_argument_of_the_same_name(tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": 'ARG base="base"\nFROM ${base}\n'})
+    ctx = PlanContext(images=StaticImages({}, newer={"base:latest": "base:latest-20261130"}))
+    plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
+    apply_diff(tmp_path, plan.diff)
+    assert (tmp_path / "Dockerfile").read_text() == 'ARG base="base:latest-20261130"\nFROM ${base}\n'

@@ -8,18 +8,30 @@ Dockerfile names its base (directly in ``FROM`` or via an ``ARG`` default):
   the tag's current digest from ``PlanContext.images``: a real Dockerfile diff,
   reviewable and revertible like any commit. Same digest: nothing newer is
   published yet, a human has to wait or switch the base.
-* a tag only: there is nothing to edit; the plan asks the sandbox for a
-  rebuild with ``pull`` and ``no_cache`` so the refreshed tag and fresh
-  package lists are used, and checks the package version in the new image.
+* a tag, and ``PlanContext.images`` knows a newer build of that base under
+  its own tag (dated tags, as Debian's ``bookworm-20250520``; offline, the
+  engine's local images: ``LocalImages``): the tag in the Dockerfile is
+  replaced by the refreshed one, again a real diff.
+* a tag only, nothing newer known: there is nothing to edit; the plan asks
+  the sandbox for a rebuild with ``pull`` and ``no_cache`` so the refreshed
+  tag and fresh package lists are used.
+
+Either way the sandbox checks each fixed package's version in the new image
+(``dpkg-query`` in the container). A plan that changes the base names it in
+``verification.build["base_image"]``: the sandbox passes its own
+``BASE_IMAGE`` build argument (offline base here, ``python:3.x-slim``
+elsewhere), which would otherwise override the committed default, so the
+patched image is built on the refreshed base and the baseline on the current.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from selfheal.catalog import Service
 from selfheal.findings.model import Finding
@@ -38,15 +50,100 @@ class ImageSource(Protocol):
         """The current manifest digest ("sha256:...") of ``ref`` (name:tag), or None if unknown."""
         ...
 
+    # Optional: ``newer(ref) -> str | None``, a refreshed build of ``ref``'s base under its own tag
+    # (name:tag), or None. Sources without it (a registry's digests) only bump pinned digests.
+
 
 class StaticImages:
-    """Known digests per tag (tests, or a mirror's published list)."""
+    """Known digests and refreshed tags per tag (tests, or a mirror's published list)."""
 
-    def __init__(self, digests: dict[str, str]) -> None:
+    def __init__(self, digests: dict[str, str], newer: dict[str, str] | None = None) -> None:
         self.digests = dict(digests)
+        self.newer_tags = dict(newer or {})
 
     def digest(self, ref: str) -> str | None:
         return self.digests.get(ref)
+
+    def newer(self, ref: str) -> str | None:
+        return self.newer_tags.get(ref)
+
+
+_STAMP = re.compile(r"-(\d{8})(?:\.(\d{1,9}))?")
+
+
+def _created(image: Any) -> float:
+    """The image's creation time (Docker's RFC 3339 with nanoseconds: cut to what Python parses)."""
+    raw = str(image.attrs.get("Created") or "")
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", raw)
+    if not m:
+        return 0.0
+    stamp = m.group(1) + (m.group(2) or "")[:7] + ("+00:00" if m.group(3) == "Z" else m.group(3))
+    return dt.datetime.fromisoformat(stamp).timestamp()
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """("repository", "tag") of name:tag (the tag is after the last ':' of the last path part)."""
+    head, _, last = ref.rpartition("/")
+    name, _, tag = last.partition(":")
+    return (f"{head}/{name}" if head else name), (tag or "latest")
+
+
+class LocalImages:
+    """The Docker engine's own images: where refreshed bases arrive on an offline host.
+
+    No registry is reachable there, so a refreshed base is imported or built
+    locally under a dated tag next to the current one (``selfheal/base:bookworm``
+    -> ``selfheal/base:bookworm-20261130``, optionally ``.N`` for several builds
+    a day). ``newer`` picks the latest such tag whose image differs from the
+    current one and was created after it; ``digest`` is the registry digest the
+    engine recorded when it pulled the tag (built or imported images have none).
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    def _images(self) -> Any:
+        if self._client is None:
+            import docker  # imported here: planning without Docker must not need the SDK loaded
+
+            self._client = docker.from_env()
+        return self._client.images
+
+    def _get(self, ref: str) -> Any:
+        from docker.errors import ImageNotFound
+
+        try:
+            return self._images().get(ref)
+        except ImageNotFound:
+            return None
+
+    def digest(self, ref: str) -> str | None:
+        image = self._get(ref)
+        repo, _tag = _split_ref(ref)
+        for d in (image.attrs.get("RepoDigests") or []) if image is not None else []:
+            name, _, digest = d.partition("@")
+            if name == repo and _DIGEST.search(d):
+                return digest
+        return None
+
+    def newer(self, ref: str) -> str | None:
+        current = self._get(ref)
+        if current is None:
+            return None
+        repo, tag = _split_ref(ref)
+        created = _created(current)
+        best: tuple[tuple[str, int, float], str] | None = None
+        for image in self._images().list(name=repo):
+            if image.id == current.id or _created(image) <= created:
+                continue
+            for t in image.tags:
+                r, other = _split_ref(t)
+                m = _STAMP.fullmatch(other[len(tag):]) if r == repo and other.startswith(tag) else None
+                if m:
+                    key = (m.group(1), int(m.group(2) or 0), _created(image))
+                    if best is None or key > best[0]:
+                        best = (key, t)
+        return best[1] if best else None
 
 
 class DockerRegistryImages:
@@ -156,6 +253,12 @@ def base_images(text: str) -> list[BaseRef]:
     return out
 
 
+def _replace_ref(line: str, ref: str, new: str) -> str | None:
+    """``line`` with the image reference ``ref`` (a whole word: not a prefix, not an ARG name) replaced."""
+    pattern = re.compile(r"(?<![^\s=\"'])" + re.escape(ref) + r"(?![^\s\"'])")
+    return pattern.sub(lambda _m: new, line, count=1) if pattern.search(line) else None
+
+
 class BaseImageRefresh(Recipe):
     name = "base_image_refresh"
     delivery = "image"
@@ -203,10 +306,20 @@ class BaseImageRefresh(Recipe):
         if not bases:
             raise PlanError(f"{rel}: no external base image (FROM scratch only)")
         lines = text.splitlines(keepends=True)
-        changes, unpinned, stale = [], [], []
+        changes, unpinned, stale, refreshed = [], [], [], []
         for b in dict((b.text, b) for b in bases).values():
+            i = b.line - 1
             if b.digest is None:
-                unpinned.append(b.image)
+                newer = getattr(ctx.images, "newer", None)
+                new_ref = newer(b.tag_ref) if newer is not None else None
+                # Only a literal can be replaced: a base spelled with variables keeps them (rebuild instead).
+                edited = _replace_ref(lines[i], b.text, new_ref) if new_ref and new_ref != b.tag_ref else None
+                if edited is not None and "$" not in b.text:
+                    lines[i] = edited
+                    changes.append(f"{rel}:{b.line}: {b.image} -> {new_ref} (refreshed tag)")
+                    refreshed.append(new_ref)
+                else:
+                    unpinned.append(b.image)
                 continue
             new = ctx.images.digest(b.tag_ref) if ctx.images is not None else None
             if new is None:
@@ -215,20 +328,26 @@ class BaseImageRefresh(Recipe):
             if new == b.digest:
                 stale.append(f"{b.tag_ref}: already at the newest digest {b.digest[:19]}...")
                 continue
-            i = b.line - 1
+            if b.digest not in lines[i]:
+                stale.append(f"{b.image}: digest not on line {b.line}; edit it by hand")
+                continue
             lines[i] = lines[i].replace(b.digest, new, 1)
             changes.append(f"{rel}:{b.line}: {b.tag_ref} {b.digest[:19]}... -> {new[:19]}...")
+            refreshed.append(b.image.replace(b.digest, new))
         new_text = "".join(lines)
         diff = make_diff(workdir, {rel: new_text}) if new_text != text else ""
         packages = sorted({(f.package.name, f.package.fixed_version or "") for f in findings if f.package})
         checks = image_checks(service)
+        build: dict[str, object] = {"no_cache": True, "pull": bool(unpinned)}
+        if diff and len(set(refreshed)) == 1:
+            build["base_image"] = refreshed[0]  # see the module docstring: the sandbox's BASE_IMAGE
         verification = Verification(
             tests=checks["tests"],
             dependency_version=tuple(
                 DependencyVersionCheck(package=n, min_version=v, ecosystem="os") for n, v in packages if v
             ),
             latency=checks["latency"],
-            build={"no_cache": True, "pull": bool(unpinned)},
+            build=build,
         )
         pkg_names = ", ".join(n for n, _ in packages[:5]) + (", ..." if len(packages) > 5 else "")
         details = {

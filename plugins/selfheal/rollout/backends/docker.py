@@ -280,7 +280,10 @@ class DockerBackend:
             LABEL_KEY: key,
             LABEL_IMAGE: image,
         }
-        name = f"selfheal-{service}-{color}-{key[:12]}"
+        # The backend's scope (network, labels) is part of the name: two stacks on one Docker engine
+        # (a workstation's `make up` and a test, say) deploying the same patch must not collide.
+        scope = hashlib.sha256(f"{self.settings.network}\0{sorted(self.settings.labels.items())}".encode())
+        name = f"selfheal-{service}-{color}-{key[:12]}-{scope.hexdigest()[:6]}"
         with self._docker(f"run {service}/{color} {image}"):
             try:
                 c = self.client.containers.run(
@@ -296,6 +299,9 @@ class DockerBackend:
                 if e.status_code != 409:
                     raise
                 c = self.client.containers.get(name)  # a concurrent deploy of the same key won
+                if c.labels.get(LABEL_KEY) != key or any(c.labels.get(k) != v for k, v in self.settings.labels.items()):
+                    raise BackendError(f"{service}/{color}: container name {name} is taken by a container "
+                                       "this backend does not manage") from e
             c.reload()
         return self._release(c)
 

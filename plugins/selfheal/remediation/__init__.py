@@ -1,0 +1,1 @@
+"""Remediation: turning triaged findings into mitigations and patches (see each module)."""
