@@ -119,6 +119,8 @@ class IngestResult:
     unchanged: int = 0
     reopened: int = 0
     resolved: int = 0
+    new_ids: list[int] = field(default_factory=list)  # ids of the findings this batch inserted
+    reopened_ids: list[int] = field(default_factory=list)  # ids of the findings this batch reopened
     quarantined: int = 0
     duplicates: int = 0
     db_seconds: float = 0.0  # time spent in database statements (raw copy, COPY, upsert, observations)
@@ -895,6 +897,7 @@ def ingest_reports(
             result.updated = len(sink.updated)
             result.unchanged = result.unique - result.new - result.updated
             result.reopened = len(sink.reopened)
+            result.new_ids, result.reopened_ids = sorted(sink.inserted), sorted(sink.reopened)
             result.db_seconds = sink.db_seconds
             if scan_run_id is None and result.duplicates == len(result.reports):
                 # Nothing new arrived: the run created for this batch would be an empty
