@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Run selfheal locally on the embedded default: `airflow standalone` with this
 # repo's dags/ and plugins/, SQLite metadata by default (Postgres when
-# SELFHEAL_AIRFLOW_DB_URL is set), the triage DB on the private Postgres.
+# SELFHEAL_AIRFLOW_DB_URL is set), the triage DB on the private Postgres, the
+# demo stack (HAProxy gateway, the demo target behind it, moto as the AWS
+# stand-in: `selfheal stack`), then the demo run (`selfheal demo run`).
 #
-#   scripts/airflow-local.sh up      start (idempotent), print the UI URL and admin credentials
-#   scripts/airflow-local.sh down    stop what `up` started: SIGINT to Airflow's process group, then services
+#   scripts/airflow-local.sh up      start (idempotent), print the UI URL and admin credentials, run the demo
+#                                    (SELFHEAL_DEMO=0: services only, no demo run)
+#   scripts/airflow-local.sh down    stop what `up` started: Airflow's process group, the stack, then services
+#   scripts/airflow-local.sh demo    run the demo again on what `up` started (`selfheal demo run`)
 #   scripts/airflow-local.sh status
 set -euo pipefail
 
@@ -19,6 +23,9 @@ export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 # 2 cores: the default of 32 LocalExecutor workers only thrashes.
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+# ...and there the API server's first answers can take longer than the 5 s default: a task whose
+# start call times out is killed and retried (seen on the demo's first scan).
+export AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT="${AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT:-30}"
 export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
@@ -47,6 +54,11 @@ up() {
     eval "$(scripts/services.sh env)"
     export SELFHEAL_DATABASE_URL AIRFLOW_VAR_SELFHEAL_BASE_IMAGE="$SELFHEAL_BASE_IMAGE"
     .venv/bin/selfheal db upgrade --url "$SELFHEAL_DATABASE_URL" >/dev/null
+    # The stack before Airflow: its tasks find the gateway settings, the run catalog and the AWS
+    # stand-in through these variables, which must be in Airflow's environment when it starts.
+    log "demo stack: gateway, demo target behind it, AWS stand-in"
+    .venv/bin/selfheal stack up
+    eval "$(.venv/bin/selfheal stack env)"
     if alive; then
         log "already running (pid $(cat "$RUN/airflow.pid"))"
     else
@@ -80,6 +92,11 @@ up() {
   Stop it with: make down
 
 EOT
+    if [ "${SELFHEAL_DEMO:-1}" != 0 ]; then
+        SELFHEAL_AIRFLOW_PORT="$PORT" .venv/bin/selfheal demo run
+    else
+        log "SELFHEAL_DEMO=0: demo run skipped (run it any time with: .venv/bin/selfheal demo run)"
+    fi
 }
 
 # Members of a process group that still run (zombies are finished: they only wait to be
@@ -114,12 +131,29 @@ down() {
         fi
     fi
     rm -f "$RUN/airflow.pid"
+    # The stack's containers and desired state are cleaned while Postgres still runs.
+    if [ -x .venv/bin/selfheal ]; then
+        eval "$(scripts/services.sh env)"
+        .venv/bin/selfheal stack down || log "stack down reported a problem (see above)"
+    fi
     scripts/services.sh stop
+}
+
+demo() {
+    alive || { log "not running: start it with make up"; exit 1; }
+    eval "$(scripts/services.sh env)"
+    export SELFHEAL_DATABASE_URL SELFHEAL_AIRFLOW_PORT="$PORT"
+    eval "$(.venv/bin/selfheal stack env)"
+    .venv/bin/selfheal demo run
 }
 
 case "${1:-}" in
 up) up ;;
 down) down ;;
-status) if alive; then echo "running (pid $(cat "$RUN/airflow.pid")) on http://127.0.0.1:$PORT"; else echo "stopped"; fi ;;
-*) sed -n '2,9p' "$0"; exit 2 ;;
+demo) demo ;;
+status)
+    if alive; then echo "airflow running (pid $(cat "$RUN/airflow.pid")) on http://127.0.0.1:$PORT"; else echo "airflow stopped"; fi
+    [ -x .venv/bin/selfheal ] && { eval "$(scripts/services.sh env)"; .venv/bin/selfheal stack status || true; }
+    ;;
+*) sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -1,6 +1,8 @@
 """The README's run command starts Airflow standalone with our DAGs, its UI and
 REST API answer on loopback, a DAG runs through the real scheduler, and the
-stop command ends the whole process group."""
+stop command ends the whole process group and the demo stack (gateway, demo
+target container, AWS stand-in). The demo run itself is skipped here
+(SELFHEAL_DEMO=0); tests/e2e/test_demo.py runs it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -39,17 +42,23 @@ def _call(port: int, method: str, path: str, token: str | None = None, body: dic
 def test_make_up_starts_airflow_and_make_down_stops_it(tmp_path: Path, base_image: str) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(SELFHEAL_RUN_DIR=str(tmp_path / "run"), SELFHEAL_AIRFLOW_PORT=str(port),
-               SELFHEAL_BASE_IMAGE=base_image)
+    env.update(stack_env(tmp_path / "run"), SELFHEAL_AIRFLOW_PORT=str(port), SELFHEAL_BASE_IMAGE=base_image,
+               SELFHEAL_DEMO="0")
     script = str(REPO / "scripts" / "airflow-local.sh")
     pgid = None
+    stack: dict = {}
     try:
-        up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=400)
+        up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]
         assert f"http://127.0.0.1:{port}" in up.stdout
+        assert "demo run skipped" in up.stderr
         password = re.search(r"password\s+(\S+)", up.stdout).group(1)
         pgid = int((tmp_path / "run" / "airflow.pid").read_text())
+        stack = json.loads((tmp_path / "run" / "stack" / "state.json").read_text())
         assert _call(port, "GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy"
+        # The demo target answers through the gateway's front door (HAProxy -> container).
+        with urllib.request.urlopen(f"http://127.0.0.1:{env['SELFHEAL_GATEWAY_PORT']}/health", timeout=10) as r:
+            assert r.status == 200
 
         token = _call(port, "POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
         dags = {d["dag_id"]: d for d in _call(port, "GET", "/api/v2/dags", token)["dags"]}
@@ -67,6 +76,50 @@ def test_make_up_starts_airflow_and_make_down_stops_it(tmp_path: Path, base_imag
     assert down.returncode == 0, down.stderr
     assert pgid is not None
     assert _running_members(pgid) == [], f"processes left in Airflow's group {pgid}"
+    assert stack, "make up wrote no stack state"
+    assert_stack_gone(stack)
+    remove_private_postgres(tmp_path / "run")
+
+
+def remove_private_postgres(run_dir: Path) -> None:
+    """The stopped private cluster scripts/services.sh made for this run directory (under /tmp)."""
+    import hashlib
+    import shutil
+
+    key = hashlib.sha1(str(run_dir).encode()).hexdigest()[:10]  # the key services.sh uses
+    pg = Path(f"/tmp/selfheal-pg-{key}")
+    if pg.is_dir() and not (pg / "data" / "postmaster.pid").exists():
+        shutil.rmtree(pg, ignore_errors=True)
+
+
+def stack_env(run_dir: Path) -> dict[str, str]:
+    """A private run directory, free ports and an own Docker network: never the user's `make up`."""
+    return {"SELFHEAL_RUN_DIR": str(run_dir), "SELFHEAL_GATEWAY_PORT": str(_free_port()),
+            "SELFHEAL_GATEWAY_STATS_PORT": str(_free_port()), "SELFHEAL_MOTO_PORT": str(_free_port()),
+            "SELFHEAL_DOCKER_NETWORK": f"selfheal-e2e-{uuid.uuid4().hex[:8]}"}
+
+
+def assert_stack_gone(stack: dict) -> None:
+    """HAProxy and the AWS stand-in stopped; the stack's containers and network removed."""
+    import docker
+
+    for what in ("haproxy", "moto"):
+        pid = stack[what]["pid"]
+        assert _running_members(pid) == [] and not _runs(pid), f"{what} (pid {pid}) still runs"
+    client = docker.from_env()
+    try:
+        left = client.containers.list(all=True, filters={"label": f"selfheal.stack={stack['stack_id']}"})
+        assert left == [], [c.name for c in left]
+        assert not [n for n in client.networks.list(names=[stack["network"]]) if n.name == stack["network"]]
+    finally:
+        client.close()
+
+
+def _runs(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _running_members(pgid: int) -> list[str]:

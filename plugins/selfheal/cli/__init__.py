@@ -15,12 +15,14 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `selfheal --help` stays fast and one broken module names itself.
-    from selfheal.cli import audit, db, doctor, parse
+    from selfheal.cli import audit, db, demo, doctor, parse, stack
 
     app.command("parse", help="Parse scanner reports into normalized findings (JSON lines).")(parse.parse)
     app.add_typer(db.app, name="db", help="Triage database: migrate, show the URL in use.")
     app.command("doctor", help="Check every prerequisite and say what to fix.")(doctor.doctor)
     app.add_typer(audit.app, name="audit", help="Audit ledger: verify the hash chain.")
+    app.add_typer(demo.app, name="demo", help="Run the self-healing loop once on `make up` and summarize it.")
+    app.add_typer(stack.app, name="stack", help="Local demo stack: gateway, demo target behind it, AWS stand-in.")
 
 
 _register()

@@ -21,6 +21,7 @@ from selfheal.findings.model import Finding
 from selfheal.patches.git import clean_checkout
 from selfheal.patches.model import PatchPlan
 from selfheal.patches.recipes import PlanContext, Recipe, registry
+from selfheal.patches.recipes.base_image_refresh import is_kernel_package
 
 
 class ManualRecipe(Recipe):
@@ -49,7 +50,9 @@ class ManualRecipe(Recipe):
             if not f.package.fixed_version:
                 where += " (no fixed version published)"
         reason = f"no recipe fixes {f.kind} finding {what}{where}"
-        if f.kind == "dependency" and f.package and f.package.ecosystem:
+        if f.package is not None and is_kernel_package(f.package.name):
+            reason += "; a kernel package belongs to the host (containers share its kernel): patch the host"
+        elif f.kind == "dependency" and f.package and f.package.ecosystem:
             reason += f"; ecosystem {f.package.ecosystem!r} has no upgrade recipe"
         return self.make_plan(
             findings, service, ctx, title=f"{f.title}: needs a human", needs_human=True, reason=reason

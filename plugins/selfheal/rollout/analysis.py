@@ -183,3 +183,26 @@ def judge(
         f"success rate {cs.success_rate:.2%} and p95 {cs.p95_ms:.1f} ms (baseline {bs.p95_ms:.1f} ms) within thresholds"
     )
     return result("pass", lat_p, err_p)
+
+
+def judge_alone(canary: Iterable[SampleLike], thresholds: Thresholds | None = None) -> Judgement:
+    """Verdict for a release that takes all traffic after its split steps passed: absolute criteria only.
+
+    With no baseline serving in the same window, comparing latencies means comparing two different
+    moments of a shared machine (another build, a scanner's slow probes): noise, not the release.
+    As Flagger does, the relative judgement belongs to the split steps (same window, same load); the
+    full-traffic step checks the release holds it: enough samples and the success rate.
+    """
+    th = thresholds or Thresholds()
+    cs, _lat = summarize(canary)
+    empty = GroupStats(0, 0, math.nan, math.nan, math.nan, math.nan)
+    if cs.requests < th.min_samples:
+        reason = f"too few samples: {cs.requests} (need {th.min_samples})"
+        return Judgement("inconclusive", (reason,), cs, empty, None, None, th)
+    if cs.success_rate < th.min_success_rate:
+        reason = (f"success rate {cs.success_rate:.2%} below {th.min_success_rate:.2%} "
+                  f"({cs.errors} of {cs.requests} requests 5xx) at full traffic")
+        return Judgement("fail", (reason,), cs, empty, None, None, th)
+    reason = (f"success rate {cs.success_rate:.2%} at full traffic (p95 {cs.p95_ms:.1f} ms); latency was "
+              "compared with the baseline at the split steps")
+    return Judgement("pass", (reason,), cs, empty, None, None, th)

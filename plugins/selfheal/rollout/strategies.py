@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 from selfheal.gateway.logs import LogCollector
 from selfheal.logs import propagate, with_log_context
-from selfheal.rollout.analysis import Judgement, SampleLike, Thresholds, judge, summarize
+from selfheal.rollout.analysis import Judgement, SampleLike, Thresholds, judge, judge_alone, summarize
 from selfheal.rollout.backends.base import BackendError, DeploymentBackend, Release, TrafficSnapshot
 from selfheal.rollout.load import probe
 
@@ -257,21 +257,24 @@ class _Rollout:
         base: str,
         *,
         canary_since: float,
-        base_since: float,
+        base_since: float | None,
         base_until: float | None,
         step: int | None = None,
     ) -> tuple[str, Judgement]:
-        """Poll the judge until a decision: "continue" (pass after min window) or "abort"."""
+        """Poll the judge until a decision: "continue" (pass after min window) or "abort".
+
+        ``base_since`` None: no baseline to compare with (full traffic after judged split steps).
+        """
         a = self.settings
         t0 = time.monotonic()
         last: str | None = None
         polls = 0
         while True:
-            j = judge(
-                self.analysis.samples(self.service, new, canary_since),
-                self.analysis.samples(self.service, base, base_since, base_until),
-                a.thresholds,
-            )
+            canary = self.analysis.samples(self.service, new, canary_since)
+            if base_since is None:
+                j = judge_alone(canary, a.thresholds)
+            else:
+                j = judge(canary, self.analysis.samples(self.service, base, base_since, base_until), a.thresholds)
             polls += 1
             elapsed = time.monotonic() - t0
             decision: str | None = None
@@ -509,14 +512,17 @@ def run_canary(
         for step in cfg.steps:
             t_step = time.time()
             ro.traffic({new_color: step, base: 100 - step}, reason=f"canary step {step}%")
+            # Same window for both while the baseline still takes traffic (load and machine noise hit both
+            # alike). At 100% it takes none: after judged split steps the release is checked on its own
+            # (analysis.judge_alone); a canary straight to 100% has only the baseline's samples from just
+            # before the step to be compared with.
+            alone = step == 100 and len(cfg.steps) > 1
             decision, j = ro.watch(
                 "canary_step",
                 new_color,
                 base,
                 canary_since=t_step,
-                # Same window for both while the baseline still takes traffic (load and machine noise hit
-                # both alike); at 100% it takes none, so its samples from just before the step are used.
-                base_since=t_step if step < 100 else t_step - cfg.analysis.baseline_lookback_s,
+                base_since=None if alone else t_step if step < 100 else t_step - cfg.analysis.baseline_lookback_s,
                 base_until=None if step < 100 else t_step,
                 step=step,
             )

@@ -190,8 +190,12 @@ def build_image(
         args.setdefault("BASE_IMAGE", base_image)
     base_id = ""
     with docker_errors("build"):
+        base = existing_image(client, base_image) if base_image else None
+        if pull and base is not None and not base.attrs.get("RepoDigests"):
+            # Imported or built here (the offline base): no registry has it, so a pull can only fail.
+            # "pull" is best effort (Verification.build): the local image is the newest there is.
+            pull = False
         if base_image and not pull:
-            base = existing_image(client, base_image)
             if base is not None:
                 base_id = base.id
             else:

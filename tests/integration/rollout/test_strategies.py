@@ -107,6 +107,11 @@ def test_canary_promotes_step_by_step_and_records_every_change(stack: LocalStack
     for e in events:
         if e["event"] == "verdict" and e["decision"]:  # a pass rests on real samples, with its reasons
             assert e["judgement"]["canary"]["requests"] >= 30 and e["judgement"]["reasons"]
+    # The split steps compare with the baseline in the same window; at 100 % the release is judged alone.
+    final = [e for e in events if e["event"] == "verdict" and e["decision"]]
+    assert all(e["judgement"]["baseline"]["requests"] >= 30 for e in final[:-1])
+    last = final[-1]["judgement"]
+    assert last["baseline"]["requests"] == 0 and "full traffic" in last["reasons"][0]
     assert [e["event"] for e in events][:3] == ["start", "deployed", "healthy"]
     assert [e["event"] for e in events][-2:] == ["retired", "result"]
     json.dumps(events)  # every record is JSON as it is (it goes to the audit ledger)

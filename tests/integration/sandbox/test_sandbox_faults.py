@@ -165,3 +165,18 @@ def test_sigterm_removes_the_sandbox_before_exiting(docker_client, base_image, d
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "selfheal-sandbox: cleanup" in err
     assert_no_leftovers(docker_client, patch_id=plans["code_fix"].id)
+
+
+def test_pull_of_a_local_only_base_builds_on_it_instead_of_failing(docker_client, base_image, demo_repo,
+                                                                  base_commit, test_images) -> None:
+    """A base_image_refresh plan without a newer tag asks for ``pull``; the offline base was imported
+    here (no registry digest), so Docker's pull could only fail (seen in the demo as "lookup
+    registry-1.docker.io: no such host"). The build uses the local base as it is."""
+    from selfheal.sandbox.build import build_image
+
+    assert not docker_client.images.get(base_image).attrs.get("RepoDigests")
+    tag = "selfheal/demo-target:test-pull-local-base"
+    test_images.append(tag)
+    built = build_image(docker_client, demo_repo, base_commit, tag, base_image=base_image, pull=True)
+    assert docker_client.images.get(built.tag).labels["selfheal.base_image_id"] == \
+        docker_client.images.get(base_image).id

@@ -146,3 +146,10 @@ def test_refreshed_tag_replaces_the_value_not_an_argument_of_the_same_name(tmp_p
     plan = BaseImageRefresh().plan([OS_FINDING], make_service(), tmp_path, ctx)
     apply_diff(tmp_path, plan.diff)
     assert (tmp_path / "Dockerfile").read_text() == 'ARG base="base:latest-20261130"\nFROM ${base}\n'
+
+
+def test_kernel_packages_are_the_hosts_not_the_images() -> None:
+    from selfheal.patches.recipes.base_image_refresh import is_kernel_package
+
+    assert all(map(is_kernel_package, ["linux", "linux-image-6.1.0-18-amd64", "linux-aws", "kernel", "Kernel"]))
+    assert not any(map(is_kernel_package, ["libssl3", "linux-libc-dev", "util-linux", "openssl", "linuxdoc-tools"]))

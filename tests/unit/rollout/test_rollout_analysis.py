@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfheal.rollout.analysis import Sample, Thresholds, judge
+from selfheal.rollout.analysis import Sample, Thresholds, judge, judge_alone
 
 
 def traffic(n: int, median_ms: float, error_share: float = 0.0, seed: int = 1) -> list[Sample]:
@@ -79,3 +79,16 @@ def test_thresholds_are_configurable_and_validated() -> None:
         Thresholds(min_success_rate=0)
     with pytest.raises(ValueError):
         Thresholds(min_samples=1)
+
+
+def test_full_traffic_step_is_judged_on_its_own_success_rate_not_on_a_stale_baseline() -> None:
+    """At 100 % no baseline serves in the same window: twice the latency of another moment (a build,
+    a scanner's slow probes on a shared host) is not the release's fault; 5xx at full traffic is."""
+    slow_moment = traffic(200, 40, seed=7)
+    assert judge(slow_moment, traffic(200, 20, seed=8)).verdict == "fail"  # what a stale comparison said
+    j = judge_alone(slow_moment)
+    assert j.verdict == "pass", j.reasons
+    assert "full traffic" in j.reasons[0] and j.baseline.requests == 0
+    failing = judge_alone(traffic(200, 20, error_share=0.1, seed=9))
+    assert failing.verdict == "fail" and "below 99.00%" in failing.reasons[0]
+    assert judge_alone(traffic(5, 20, seed=10)).verdict == "inconclusive"

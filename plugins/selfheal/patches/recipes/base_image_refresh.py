@@ -40,6 +40,14 @@ from selfheal.patches.model import DependencyVersionCheck, PatchPlan, PlanError,
 from selfheal.patches.recipes import PlanContext, Recipe, image_checks
 
 OS_ECOSYSTEMS = frozenset({"os", "dpkg", "deb", "debian", "ubuntu", "rpm", "apk", "alpine"})
+# A container shares its host's kernel: a kernel package finding (Inspector reports "linux" for the
+# instance an image runs on) is fixed by patching the host or node image, never by rebuilding the image.
+KERNEL_PACKAGE = re.compile(r"(linux|kernel)(-(image|modules|headers|aws|azure|gcp|kvm|generic|lts)\b.*)?",
+                            re.IGNORECASE)
+
+
+def is_kernel_package(name: str) -> bool:
+    return KERNEL_PACKAGE.fullmatch(name.strip()) is not None
 _DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 MAX_DOCKERFILE_BYTES = 512 * 1024
@@ -269,6 +277,7 @@ class BaseImageRefresh(Recipe):
             finding.kind in ("dependency", "host")
             and pkg is not None
             and (pkg.ecosystem or "").lower() in OS_ECOSYSTEMS
+            and not is_kernel_package(pkg.name)
         )
 
     def group_key(self, finding: Finding) -> str:
