@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
-from scipy import stats as sps
 
 Verdict = Literal["pass", "marginal", "fail", "inconclusive"]
 
@@ -108,6 +107,10 @@ def judge(
     thresholds: Thresholds | None = None,
 ) -> Judgement:
     """Verdict for one window: fail beats marginal beats pass; inconclusive when data is too thin."""
+    # Imported here: scipy.stats costs about a second to import, paid by every Airflow task that
+    # imports the rollout code (most of selfheal_remediate) although only the rollout task judges.
+    from scipy import stats as sps
+
     th = thresholds or Thresholds()
     cs, c_lat = summarize(canary)
     bs, b_lat = summarize(baseline)
