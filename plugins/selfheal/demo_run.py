@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,58 +246,37 @@ class Progress:
 
 class UserTraffic:
     """Ordinary requests through the gateway's front door at a steady, modest rate (the demo's users):
-    a canary is judged on live traffic, and a service without users gives the judge nothing."""
+    a canary is judged on live traffic, and a service without users gives the judge nothing.
+    The rollout tests' load client (every outcome kept, paced, bounded in time) does the sending."""
 
     PATHS = ("/api/items", "/api/categories", "/api/items/1", "/api/items?category=books", "/health")
+    WORKERS = 4
 
-    def __init__(self, base_url: str, rps: float) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.rps = rps
-        self.sent = 0
-        self.failed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def _worker(self, offset: int, interval: float) -> None:
-        import http.client
+    def __init__(self, base_url: str, rps: float, max_duration_s: float = 3600.0) -> None:
         from urllib.parse import urlsplit
 
-        u = urlsplit(self.base_url)
-        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=10)
-        i = offset
-        nxt = time.monotonic()
-        while not self._stop.is_set():
-            path = self.PATHS[i % len(self.PATHS)]
-            i += 1
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status < 500
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                ok = False
-            with self._lock:
-                self.sent += 1
-                self.failed += not ok
-            nxt += interval
-            self._stop.wait(max(0.0, nxt - time.monotonic()))
-        conn.close()
+        from selfheal.rollout.load import LoadClient
+
+        u = urlsplit(base_url)
+        self.rps = rps
+        self._client = LoadClient(u.hostname or "127.0.0.1", u.port or 80, host_header=u.netloc, paths=self.PATHS,
+                                  concurrency=self.WORKERS, interval_s=self.WORKERS / rps,
+                                  max_duration_s=max_duration_s)
+
+    @property
+    def sent(self) -> int:
+        return int(self._client.summary()["requests"])
+
+    @property
+    def failed(self) -> int:
+        return int(self._client.summary()["server_errors"])
 
     def start(self) -> UserTraffic:
-        workers = 4
-        for n in range(workers):
-            t = threading.Thread(target=self._worker, args=(n, workers / self.rps), daemon=True,
-                                 name=f"demo-users-{n}")
-            t.start()
-            self._threads.append(t)
+        self._client.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=15)
+        self._client.stop()
 
 
 # ---------------------------------------------------------------------------- following runs
@@ -338,6 +316,11 @@ def task_span(tis: Sequence[Mapping[str, Any]], match: Callable[[str], bool]) ->
 # ---------------------------------------------------------------------------- database reads
 
 
+def _rows(engine: sa.Engine, q: sa.Select) -> list[dict[str, Any]]:
+    with engine.connect() as c:
+        return [dict(r._mapping) for r in c.execute(q)]
+
+
 def _engine(cfg: DemoConfig) -> sa.Engine:
     from selfheal.triage.db import make_engine
 
@@ -349,8 +332,7 @@ def scan_runs_since(engine: sa.Engine, service: str, since: datetime) -> list[di
 
     q = (sa.select(scan_runs).where(scan_runs.c.service == service, scan_runs.c.started_at >= since)
          .order_by(scan_runs.c.id))
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    return _rows(engine, q)
 
 
 def observed_findings(engine: sa.Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -362,8 +344,7 @@ def observed_findings(engine: sa.Engine, run_ids: Sequence[int]) -> list[dict[st
     q = (sa.select(findings).where(findings.c.id.in_(
         sa.select(observations.c.finding_id).where(observations.c.scan_run_id.in_(list(run_ids)))))
          .order_by(findings.c.id))
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    return _rows(engine, q)
 
 
 def observed_by_scanner(engine: sa.Engine, run_ids: Sequence[int]) -> dict[str, int]:
@@ -383,8 +364,7 @@ def rules_for(engine: sa.Engine, service: str) -> list[dict[str, Any]]:
     from selfheal.gateway.state import gateway_rules
 
     q = sa.select(gateway_rules).where(gateway_rules.c.service == service).order_by(gateway_rules.c.updated_at)
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    return _rows(engine, q)
 
 
 # A classic attack string per injection class: the demo shows the gateway refusing it (a probe, not a scan).
@@ -446,8 +426,7 @@ def patches_since(engine: sa.Engine, service: str, since: datetime) -> list[dict
 
     q = (sa.select(patches).where(patches.c.service == service, patches.c.updated_at >= since)
          .order_by(patches.c.created_at))
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    return _rows(engine, q)
 
 
 def rollout_events(engine: sa.Engine, patch_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -456,8 +435,7 @@ def rollout_events(engine: sa.Engine, patch_ids: Sequence[str]) -> list[dict[str
     if not patch_ids:
         return []
     q = sa.select(ev).where(ev.c.patch_id.in_(list(patch_ids))).order_by(ev.c.id)
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    return _rows(engine, q)
 
 
 def first_seen_of(engine: sa.Engine, finding_ids: Sequence[int]) -> datetime | None:
@@ -979,7 +957,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> tuple[dict[st
     deadline = time.monotonic() + cfg.timeout_s
     api = AirflowAPI(cfg.airflow_url, cfg.username, cfg.password())
     engine = _engine(cfg)
-    traffic = UserTraffic(cfg.stack.front_door, cfg.traffic_rps or demo_traffic_rps(cfg))
+    traffic = UserTraffic(cfg.stack.front_door, cfg.traffic_rps or demo_traffic_rps(cfg), cfg.timeout_s + 60)
     try:
         progress.running("waiting for Airflow to load the DAGs")
         api.wait_dags([SCAN_DAG], timeout_s=180)
@@ -1037,8 +1015,10 @@ def print_summary(console: Any, summary: Mapping[str, Any], path: Path, password
     t.add_row("exposure window", f"{_dur(summary['exposure_window_s'])} max, median {_dur(ew['median'])} over "
               f"{n_vp} findings (committed -> virtual patch live)" if ew
               else "no finding of this run needed a virtual patch")
-    t.add_row("detection -> production", f"{_dur(summary['detect_to_prod_s'])}"
-              + (" (finding committed -> patched release at 100 %)" if summary["detect_to_prod_s"] is not None else ""))
+    d2p = summary.get("detect_to_prod_stats_s")
+    # Patches of one service roll out one at a time: the fastest shows the loop, the slowest the queue.
+    t.add_row("detection -> production", f"{_dur(d2p['min'])} fastest, {_dur(d2p['max'])} slowest of "
+              f"{len(summary['patched'])} (finding committed -> patched release at 100 %)" if d2p else "-")
     earlier = summary.get("promoted_earlier") or []
     t.add_row("patched", "\n".join([f"{p['patch_id']} {p['recipe']} ({len(p['findings'])} findings)"
                                     for p in summary["patched"]]

@@ -68,6 +68,10 @@ def test_make_up_runs_the_demo_and_make_down_cleans_up(tmp_path: Path, base_imag
         # The SQL injection's code fix needs a human: approved over the REST API, then promoted by canary.
         assert {"code_fix", "config_hardening", "dependency_upgrade"} <= set(patched), summary["patched"]
         assert re.search(r"answered 'Approve' as user admin through PATCH", up.stdout)
+        # The confirming rescan after the code fix no longer sees the SQL injection: resolved.
+        fix = patched["code_fix"]["patch_id"]
+        rescan = re.search(rf"✓ rescan .*confirming scan after {fix}: (\d+)/(\d+) of its findings resolved", up.stdout)
+        assert rescan and rescan.group(1) == rescan.group(2) != "0", up.stdout[-3000:]
         # The deliberately slow release was caught by the canary judge on latency, not for another reason.
         assert summary["rolled_back"] and all(p["state"] == "rolled_back" for p in summary["rolled_back"])
         assert any("latency" in p["reason"] for p in summary["rolled_back"]), summary["rolled_back"]
@@ -76,6 +80,15 @@ def test_make_up_runs_the_demo_and_make_down_cleans_up(tmp_path: Path, base_imag
         assert users["sent"] > 1000 and users["failed"] <= users["sent"] * 0.01, users
         assert summary["ui"]["self_healing_page"].endswith("/plugin/self-healing")
         assert "AWS stand-in" in summary["aws"]
+
+        # Every detection, decision, approval, sandbox result, traffic change, promotion and rollback of the
+        # demo went to the hash-chained audit log, and the chain verifies.
+        db = f"postgresql+psycopg://postgres@127.0.0.1:{(run / 'pg.port').read_text().strip()}/selfheal"
+        audit = subprocess.run([str(REPO / ".venv" / "bin" / "selfheal"), "audit", "verify", "--json", "--url", db],
+                               capture_output=True, text=True, timeout=120)
+        assert audit.returncode == 0, (audit.stdout, audit.stderr)
+        chain = json.loads(audit.stdout)
+        assert chain["ok"] and chain["count"] > 50 and not chain["breaks"], chain
 
         # Airflow stays up for the user: REST API and UI answer, every DAG loaded and unpaused.
         assert call(port, "GET", "/api/v2/monitor/health")["metadatabase"]["status"] == "healthy"
