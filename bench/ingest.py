@@ -527,7 +527,7 @@ def main() -> dict:
         n += p.count
         if p.error:
             errors.append(p.error)
-        fingerprints.update(r[0] for r in p.rows)
+        fingerprints.update(p.fingerprints())
     parse_s = time.perf_counter() - t0
     if errors:
         raise SystemExit(f"generated reports failed to parse: {errors[:3]}")

@@ -74,7 +74,6 @@ migrated deliberately rather than silently re-keying the table.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -82,6 +81,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from selfheal.findings.model import SEVERITIES, Finding
+
+try:
+    # CPython's own SHA-256 (3.11: _sha256, 3.12+: _sha2): the same digest as
+    # hashlib.sha256, without OpenSSL's per-call context setup and copy on
+    # hexdigest(), which cost more than hashing a 60-byte key (~20% of a fingerprint).
+    from _sha256 import sha256 as _sha256
+except ImportError:  # pragma: no cover - other Python versions / builds
+    try:
+        from _sha2 import sha256 as _sha256
+    except ImportError:
+        from hashlib import sha256 as _sha256
 
 __all__ = ["GENERIC_CWES", "dedupe", "fingerprint", "fingerprint_key", "path_template", "scope_of"]
 
@@ -98,19 +108,32 @@ _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 _HEX_RE = re.compile(r"(?=[a-fA-F]*[0-9])[0-9a-fA-F]{16,}")
 _PYPI_NAME_RE = re.compile(r"[-_.]+")
 _DIGIT_RE = re.compile(r"[0-9]")
+_NUM_SEG_RE = re.compile(r"/[0-9]+(?=/|\Z)")  # a whole path segment of digits
+_SIMPLE_PATH_RE = re.compile(r"(?:/[^/;?#]{1,15})+\Z")
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 
 def _template(path: str) -> str:
+    if path.isascii() and _SIMPLE_PATH_RE.match(path):
+        # The common shape, checked in C: "/seg/seg", each segment 1-15 characters
+        # (too short for a UUID or a hash), no query, fragment, ";" or empty
+        # segment; only all-digit segments to collapse. (ASCII only: str.isdigit,
+        # below, also accepts other scripts' digits, which [0-9] does not.)
+        return _NUM_SEG_RE.sub("/{id}", path)
     if "://" in path:
         path = urlsplit(path).path
     for sep in ("?", "#"):
         cut = path.find(sep)
         if cut >= 0:
             path = path[:cut]
-    if (not _DIGIT_RE.search(path) and path.startswith("/") and "//" not in path and ";" not in path
-            and (len(path) == 1 or not path.endswith("/"))):
-        return path  # nothing to collapse (the common static path)
+    if path.startswith("/") and "//" not in path and ";" not in path and (len(path) == 1 or not path.endswith("/")):
+        if not _DIGIT_RE.search(path):
+            return path  # nothing to collapse (the common static path)
+        # No empty segment (but the leading one) and no matrix parameter: the
+        # loop below as one comprehension (this runs once per distinct path).
+        return "/".join([
+            "{id}" if seg.isdigit() else _long_segment(seg) if len(seg) >= 16 else seg for seg in path.split("/")
+        ])
     segments = []
     for seg in path.split("/"):
         if not seg:
@@ -122,12 +145,18 @@ def _template(path: str) -> str:
                 continue
         if seg.isdigit():
             seg = "{id}"
-        elif len(seg) == 36 and _UUID_RE.fullmatch(seg):
-            seg = "{uuid}"
-        elif len(seg) >= 16 and _HEX_RE.fullmatch(seg):
-            seg = "{hash}"
+        elif len(seg) >= 16:
+            seg = _long_segment(seg)
         segments.append(seg)
     return "/" + "/".join(segments)
+
+
+def _long_segment(seg: str) -> str:
+    if len(seg) == 36 and _UUID_RE.fullmatch(seg):
+        return "{uuid}"
+    if _HEX_RE.fullmatch(seg):
+        return "{hash}"
+    return seg
 
 
 # A plain dict (cleared when full) rather than lru_cache: paths with ids are
@@ -175,19 +204,6 @@ def scope_of(finding: Finding, service: str | None) -> str:
     return ""
 
 
-def _class(finding: Finding) -> str:
-    kind = finding.kind
-    if kind == "web" or kind == "code":
-        cwe = finding.cwe
-        if cwe:
-            if cwe not in GENERIC_CWES:
-                return f"cwe:{cwe}"
-            return f"cwe:{cwe}:rule:{finding.scanner}:{finding.rule_id}"
-    if len(finding.cves) == 1:
-        return "cve:" + finding.cves[0]
-    return f"rule:{finding.scanner}:{finding.rule_id}"
-
-
 def _package_key(ecosystem: str | None, name: str) -> str:
     eco = (ecosystem or "").lower()
     name = name.strip().lower()
@@ -196,39 +212,48 @@ def _package_key(ecosystem: str | None, name: str) -> str:
     return eco + _SEP + name
 
 
-def _location(finding: Finding) -> str:
+def fingerprint_key(finding: Finding, service: str | None) -> str:
+    """The readable identity behind ``fingerprint`` (fields separated by U+001F):
+    ``v1 | scope | kind | class | location`` as the module docstring describes.
+    One function rather than one per field: it runs once per finding parsed."""
     kind = finding.kind
+    loc = finding.location
+    scope = service or scope_of(finding, service)
+    # class: what is wrong
+    cwe = finding.cwe
+    if cwe and (kind == "web" or kind == "code"):
+        cls = f"cwe:{cwe}" if cwe not in GENERIC_CWES else f"cwe:{cwe}:rule:{finding.scanner}:{finding.rule_id}"
+    elif len(finding.cves) == 1:
+        cls = "cve:" + finding.cves[0]
+    else:
+        cls = f"rule:{finding.scanner}:{finding.rule_id}"
+    # location: where, normalized
     if kind == "dependency":
         pkg = finding.package
         if pkg is not None:
-            return _package_key(pkg.ecosystem, pkg.name)
-        loc = finding.location
-        return _SEP + ((loc.path or "") if loc is not None else "")
-    loc = finding.location
-    if loc is None:
-        return ""
-    if kind == "web":
-        return _SEP.join(((loc.method or "").upper(), path_template(loc.path), (loc.param or "").strip().lower()))
-    if kind == "host":
-        return (loc.host or "").lower() + _SEP + (loc.port or "")
-    # code
-    anchor = finding.extra.get("anchor")
-    if not anchor:
-        anchor = f"L{loc.line}" if loc.line is not None else ""
-    path = loc.path or ""
-    if path.startswith("file://"):
-        path = path[7:]
-    return path + _SEP + str(anchor)
-
-
-def fingerprint_key(finding: Finding, service: str | None) -> str:
-    """The readable identity behind ``fingerprint`` (fields separated by U+001F)."""
-    return _SEP.join(("v1", scope_of(finding, service), finding.kind, _class(finding), _location(finding)))
+            where = _package_key(pkg.ecosystem, pkg.name)
+        else:
+            where = _SEP + ((loc.path or "") if loc is not None else "")
+    elif loc is None:
+        where = ""
+    elif kind == "web":
+        where = _SEP.join(((loc.method or "").upper(), path_template(loc.path), (loc.param or "").strip().lower()))
+    elif kind == "host":
+        where = (loc.host or "").lower() + _SEP + (loc.port or "")
+    else:  # code
+        anchor = finding.extra.get("anchor")
+        if not anchor:
+            anchor = f"L{loc.line}" if loc.line is not None else ""
+        path = loc.path or ""
+        if path.startswith("file://"):
+            path = path[7:]
+        where = path + _SEP + str(anchor)
+    return _SEP.join(("v1", scope, kind, cls, where))
 
 
 def fingerprint(finding: Finding, service: str | None) -> str:
     """Stable identity of ``finding`` within ``service``: 64 hex chars (SHA-256)."""
-    return hashlib.sha256(fingerprint_key(finding, service).encode("utf-8", "surrogatepass")).hexdigest()
+    return _sha256(fingerprint_key(finding, service).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _source(f: Finding) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from selfheal.findings.fingerprint import path_template
@@ -28,7 +30,8 @@ from selfheal.findings.model import KINDS, SEVERITIES, Finding
 # ``fingerprint`` first and ``content_hash`` last; then MERGED_COLUMNS: sources
 # and rule_ids (merged across duplicates) and ``merge_only`` (a later
 # occurrence in the same batch: it adds its source but does not overwrite the
-# content the batch's first occurrence wrote).
+# content the batch's first occurrence wrote); then ``known_id``, the id of
+# the stored row the classifying probe found (NULL: a new finding).
 INCOMING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("fingerprint", "varchar(128)"),  # the type of findings.fingerprint: no cast in the join
     ("service", "text"),
@@ -63,7 +66,16 @@ INCOMING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("content_hash", "text"),
 )
 MERGED_COLUMNS: tuple[tuple[str, str], ...] = (("sources", "jsonb"), ("rule_ids", "jsonb"), ("merge_only", "boolean"))
-STAGE_COLUMNS = INCOMING_COLUMNS + MERGED_COLUMNS
+STAGE_COLUMNS = INCOMING_COLUMNS + MERGED_COLUMNS + (("known_id", "bigint"),)
+#: The narrow staging row every incoming finding gets: enough to decide whether
+#: the stored row already says it all (a merge-only row proposes scanner '').
+KEY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fingerprint", "varchar(128)"),
+    ("scanner", "text"),
+    ("content_hash", "text"),
+    ("sources", "jsonb"),
+    ("rule_ids", "jsonb"),
+)
 INCOMING_NAMES: tuple[str, ...] = tuple(c for c, _ in INCOMING_COLUMNS)
 #: Columns the owning scanner may overwrite when its content changes.
 CONTENT_NAMES: tuple[str, ...] = INCOMING_NAMES[1:-1]
@@ -184,6 +196,9 @@ def _escape(s: str) -> str:
     return s
 
 
+escape = _escape  # public: the store escapes fingerprints with it
+
+
 def encode(value: Any) -> str:
     """One value in COPY text format."""
     if value is None:
@@ -247,11 +262,11 @@ def encode_line(values: tuple[Any, ...]) -> str:
     return line
 
 
-# A row travels from the parser workers to the database loop as a plain tuple
-# (cheap to pickle): (fingerprint, data, sources, rule_ids) where ``data`` is
-# either the complete COPY line (``copy_rows``) or (values, content_hash)
-# (``value_rows``). sources / rule_ids: frozensets of scanner names and
-# "scanner:rule_id" of every occurrence merged into the row.
+# On the portable path a row travels from the parser workers to the database
+# loop as a plain tuple: (fingerprint, (values, content_hash), sources,
+# rule_ids); sources / rule_ids: frozensets of scanner names and
+# "scanner:rule_id" of every occurrence merged into the row. The COPY path
+# ships a whole report as one Encoded instead.
 Row = tuple[str, Any, frozenset[str], frozenset[str]]
 
 
@@ -285,33 +300,44 @@ def _merged(findings: Iterable[Finding], service: str | None) -> dict[str, list[
 _NULL_MARK = "".join(["\x01", "\x01"])
 
 
+# Printable ASCII but the quote and the backslash: what json.dumps writes as is.
+_JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _cves_json(cves: Any) -> str | None:
+    """``json.dumps(list(cves))`` for CVE ids (None if one is not a short string):
+    plain ids are joined directly, json.dumps costs more than the rest of a row."""
+    for c in cves:
+        if type(c) is not str or len(c) >= 32:
+            return None
+    if _JSON_PLAIN.fullmatch("".join(cves)) is None:
+        return json.dumps(list(cves))
+    return '["' + '", "'.join(cves) + '"]'
+
+
 def _fast_copy_text(f: Finding, service: str | None) -> str | None:
     """``encode_line(row_values(f, service))`` for the common case, fused into one
     pass of inline expressions (the ingest benchmark's hot loop: about three
     times faster than building the tuple and encoding it). Returns None when the
     finding needs the careful path: a value over its bound, a NUL or SOH
-    character, an unexpected type. Kept identical to the reference by a test."""
+    character, an unexpected type. Kept identical to the reference by a test.
+
+    Bounds: the small ones (service, scanner, confidence, vector, method, port,
+    versions, ecosystem) are checked per value; the large ones (title 1024,
+    identifiers, URLs and paths 2048, evidence and solution 4096) only when the
+    whole line is longer than the smallest of them, which a typical row is not."""
     kind = f.kind
     if f.severity not in _SEVERITIES or kind not in _KINDS or not f.fingerprint:
         return None
     X = _NULL_MARK
-    loc = f.location
-    pkg = f.package
     svc = service if service is not None else f.service
     scanner = f.scanner
-    title = f.title
-    evidence = f.evidence
-    solution = f.solution
     conf = f.confidence
     vector = f.cvss_vector
     if (
-        (svc and len(svc) > 128)
-        or not scanner
+        not scanner
         or len(scanner) > 64
-        or len(title) > TITLE_MAX
-        or len(evidence) > EVIDENCE_MAX_CHARS
-        or len(solution) > SOLUTION_MAX
-        or len(f.rule_id) > SHORT_MAX_CHARS
+        or (svc and len(svc) > 128)
         or (conf and len(conf) > 32)
         or (vector and len(vector) > 256)
     ):
@@ -326,87 +352,94 @@ def _fast_copy_text(f: Finding, service: str | None) -> str | None:
         return None
     if cwe is not None and (type(cwe) is not int or not 0 < cwe < 2**31):
         return None
+    if cves:
+        cves_json = _cves_json(cves)
+        if cves_json is None:
+            return None
+    else:
+        cves_json = "[]"
     kev, exploit, fix = f.kev, f.exploit_available, f.fix_available
-    parts = [
-        svc or X,
-        scanner,
-        kind,
-        f.rule_id,
-        X if cwe is None else repr(cwe),
-        json.dumps(cves) if cves else "[]",
-        title,
-        f.severity,
-        conf or X,
-        vector or X,
-        X if score is None else repr(score),
-        X if epss is None else repr(epss),
-        X if kev is None else ("t" if kev is True else "f" if kev is False else None),
-        X if exploit is None else ("t" if exploit is True else "f" if exploit is False else None),
-        X if fix is None else ("t" if fix is True else "f" if fix is False else None),
-    ]
-    if cves and not all(type(c) is str and len(c) < 32 for c in cves):
-        return None
+    # NULL markers are counted as they are placed (checked after the join)
+    nulls = (
+        (not svc) + (cwe is None) + (not conf) + (not vector) + (score is None) + (epss is None)
+        + (kev is None) + (exploit is None) + (fix is None)
+    )
+    loc = f.location
+    pkg = f.package
     file_path = pkg.file_path if pkg is not None else None
     if loc is None:
-        parts += (X, X, X, X, X, X, X)
+        tail: tuple[str | None, ...] = (X, X, X, X, X, X, X)
+        nulls += 7
     else:
         method, path, param, url, host, port, line = (
-            loc.method,
-            loc.path,
-            loc.param,
-            loc.url,
-            loc.host,
-            loc.port,
-            loc.line,
+            loc.method, loc.path, loc.param, loc.url, loc.host, loc.port, loc.line,
         )
         if method:
             method = method.upper()
+            if len(method) > 16:
+                return None
         if kind == "web":
             raw = path or url
             path = path_template(raw) if raw else None
         elif kind == "code":
             file_path, path = path, None
-        if (
-            (method and len(method) > 16)
-            or (port and len(port) > 32)
-            or (path and len(path) > SHORT_MAX_CHARS)
-            or (param and len(param) > SHORT_MAX_CHARS)
-            or (url and len(url) > SHORT_MAX_CHARS)
-            or (host and len(host) > SHORT_MAX_CHARS)
-            or (line is not None and (type(line) is not int or not -(2**31) < line < 2**31))
-        ):
+        if (port and len(port) > 32) or (line is not None and (type(line) is not int or not -(2**31) < line < 2**31)):
             return None
-        parts += (
-            method or X,
-            path or X,
-            param or X,
-            url or X,
-            host or X,
-            port or X,
-            X if line is None else repr(line),
+        tail = (
+            method or X, path or X, param or X, url or X, host or X, port or X, X if line is None else repr(line),
         )
-    if file_path and len(file_path) > SHORT_MAX_CHARS:
-        return None
+        nulls += (not method) + (not path) + (not param) + (not url) + (not host) + (not port) + (line is None)
     if pkg is None:
-        parts += (X, X, X, X, file_path or X)
+        tail += (X, X, X, X, file_path or X)
+        nulls += 4 + (not file_path)
+        name = None
     else:
         name, version, fixed, eco = pkg.name, pkg.version, pkg.fixed_version, pkg.ecosystem
-        if (
-            (name and len(name) > SHORT_MAX_CHARS)
-            or (version and len(version) > 256)
-            or (fixed and len(fixed) > 256)
-            or (eco and len(eco) > 64)
-        ):
+        if (version and len(version) > 256) or (fixed and len(fixed) > 256) or (eco and len(eco) > 64):
             return None
-        parts += (name or X, version or X, fixed or X, eco or X, file_path or X)
-    parts.append(evidence)
-    parts.append(solution)
+        tail += (name or X, version or X, fixed or X, eco or X, file_path or X)
+        nulls += (not name) + (not version) + (not fixed) + (not eco) + (not file_path)
+    title = f.title
+    evidence = f.evidence
+    solution = f.solution
+    rule_id = f.rule_id
     try:
-        text = "\x00".join(parts)
+        text = "\x00".join(
+            (
+                svc or X,
+                scanner,
+                kind,
+                rule_id,
+                X if cwe is None else repr(cwe),
+                cves_json,
+                title,
+                f.severity,
+                conf or X,
+                vector or X,
+                X if score is None else repr(score),
+                X if epss is None else repr(epss),
+                X if kev is None else ("t" if kev is True else "f" if kev is False else None),  # type: ignore[arg-type]
+                X if exploit is None else ("t" if exploit is True else "f" if exploit is False else None),  # type: ignore[arg-type]
+                X if fix is None else ("t" if fix is True else "f" if fix is False else None),  # type: ignore[arg-type]
+                *tail,
+                evidence,
+                solution,
+            )
+        )
     except TypeError:  # a non-string where a string belongs (a bool flag that is not a bool, ...)
         return None
+    if len(text) > TITLE_MAX:  # one of the large bounds may be exceeded: check them
+        S = SHORT_MAX_CHARS
+        if (
+            len(title) > TITLE_MAX
+            or len(evidence) > EVIDENCE_MAX_CHARS
+            or len(solution) > SOLUTION_MAX
+            or len(rule_id) > S
+            or any(v is not X and len(v) > S for v in tail)  # type: ignore[arg-type]
+        ):
+            return None
     # Every separator and NULL marker accounted for: no value holds NUL or SOH.
-    if text.count("\x00") != 28 or text.count("\x01") != 2 * len([p for p in parts if p is X]):
+    if text.count("\x00") != 28 or text.count("\x01") != 2 * nulls:
         return None
     if "\\" in text:
         text = text.replace("\\", "\\\\")
@@ -419,50 +452,119 @@ def _fast_copy_text(f: Finding, service: str | None) -> str | None:
     return text.replace("\x00", "\t").replace(_NULL_MARK, NULL)
 
 
-def copy_rows(findings: Iterable[Finding], service: str | None) -> list[Row]:
-    """Rows for one report with their complete staging COPY line (merge_only = f).
+#: The COPY suffix of a staged row that is new to the batch: ``merge_only`` false,
+#: ``known_id`` NULL (see store._stage); most rows are staged with exactly this.
+STAGE_TAIL = b"\tf\t\\N\n"
 
-    One per fingerprint: the first occurrence wins, later ones only add their
-    source (and are not encoded at all)."""
-    first: dict[str, list[Any]] = {}
+
+@dataclass(slots=True)
+class Encoded:
+    """One report's rows for the PostgreSQL path: one per fingerprint (the first
+    occurrence wins; later ones only add their source and are not encoded).
+
+    Flat lists of str / bytes / int: the trip from a parser worker to the
+    database loop is cheap to pickle, and the loop copies lines without
+    looking inside them. Row ``i``:
+
+    * ``keys[i]``: its KEY_COLUMNS line (no newline), for the narrow classifying COPY;
+    * ``lines[i]``: its STAGE_COLUMNS line up to ``rule_ids``, then STAGE_TAIL
+      (``merge_only`` f, ``known_id`` NULL, newline): staged as is when the row
+      is new to the table and the batch, only when it is new or changed;
+    * ``tagsets[tags[i]]``: its (sources, rule_ids); a report has few distinct ones.
+    """
+
+    fps: list[str]
+    keys: list[bytes]
+    lines: list[bytes]
+    tags: list[int]
+    tagsets: list[tuple[frozenset[str], frozenset[str]]]
+
+    def sets(self, i: int) -> tuple[frozenset[str], frozenset[str]]:
+        return self.tagsets[self.tags[i]]
+
+
+def _tag_tails(owner_scanner: str, sets: tuple[frozenset[str], frozenset[str]]) -> tuple[bytes, bytes]:
+    """(key line middle ``\\tscanner\\t``, ``\\tsources\\trule_ids``) of one tag."""
+    return (
+        b"\t%s\t" % _escape(owner_scanner).encode("utf-8", "surrogatepass"),
+        b"\t%s\t%s" % (json_set(sets[0]), json_set(sets[1])),
+    )
+
+
+def encode_report(findings: Iterable[Finding], service: str | None) -> Encoded:
+    """The COPY lines of one report's findings (see Encoded), in one pass: rows are
+    encoded with the owner's own (sources, rule_ids); the few that a later
+    occurrence merges into are re-tagged at the end."""
+    first: dict[str, int] = {}
+    fps: list[str] = []
+    keys: list[bytes] = []
+    lines: list[bytes] = []
+    tags: list[int] = []
+    tagsets: list[tuple[frozenset[str], frozenset[str]]] = []
+    tails: list[tuple[bytes, bytes]] = []
+    owners: list[tuple[str, str]] = []  # per tag: (scanner, rule_id) of the owner
+    tag_of: dict[Any, int] = {}
+    merged: dict[int, tuple[set[str], set[str]]] = {}
+    hasher = _CONTENT_HASH.copy  # a copy of a configured hasher: no keyword parsing per row
+    fast = _fast_copy_text
+    stage_tail = STAGE_TAIL
     for f in findings:
         fp = f.fingerprint
-        have = first.get(fp)
-        if have is None:
-            text = _fast_copy_text(f, service)
+        i = first.get(fp)
+        if i is None:
+            text = fast(f, service)
             if text is None:
                 values = row_values(f, service)
                 text = encode_line(values)
-                scanner, rule_id = values[1], values[3]
+                owner = (values[1], values[3])
             else:
-                scanner, rule_id = f.scanner, f.rule_id
+                owner = (f.scanner, f.rule_id)
             if len(fp) > 128:
                 raise ValueError(f"{f.scanner}:{f.rule_id}: fingerprint longer than 128 characters")
-            first[fp] = [text, scanner, f"{scanner}:{rule_id}", None]
-        else:
-            scanner = _clip(f.scanner, 64) or "unknown"
-            key = f"{scanner}:{_clip(f.rule_id, SHORT_MAX_CHARS) or ''}"
-            if have[3] is None:
-                have[3] = ({have[1]}, {have[2]})
-            have[3][0].add(scanner)
-            have[3][1].add(key)
-    out: list[Row] = []
-    blake2b = hashlib.blake2b
-    singles = _SINGLES
-    for fp, (text, scanner, rule_key, merged) in first.items():
-        data = text.encode("utf-8", "surrogatepass")
-        digest = blake2b(data, digest_size=16).hexdigest().encode()
-        if merged is None:
-            src = singles.get(scanner) or singles.setdefault(scanner, frozenset((scanner,)))
-            rules = frozenset((rule_key,))
-        else:
-            src, rules = frozenset(merged[0]), frozenset(merged[1])
-        head = fp.encode("utf-8", "surrogatepass") if fp.isalnum() else _escape(fp).encode("utf-8", "surrogatepass")
-        out.append((fp, b"%s\t%s\t%s\t%s\t%s\tf\n" % (head, data, digest, json_set(src), json_set(rules)), src, rules))
-    return out
-
-
-_SINGLES: dict[str, frozenset[str]] = {}
+            data = text.encode("utf-8", "surrogatepass")
+            h = hasher()
+            h.update(data)
+            digest = h.hexdigest().encode()
+            fpb = fp.encode() if fp.isalnum() else _escape(fp).encode("utf-8", "surrogatepass")
+            t = tag_of.get(owner)
+            if t is None:
+                t = tag_of[owner] = len(tagsets)
+                sets = (frozenset((owner[0],)), frozenset((f"{owner[0]}:{owner[1]}",)))
+                tagsets.append(sets)
+                tails.append(_tag_tails(owner[0], sets))
+                owners.append(owner)
+            middle, tail = tails[t]
+            first[fp] = len(fps)
+            fps.append(fp)
+            tags.append(t)
+            lines.append(b"%s\t%s\t%s%s%s" % (fpb, data, digest, tail, stage_tail))
+            keys.append(b"%s%s%s%s" % (fpb, middle, digest, tail))
+            continue
+        scanner = _clip(f.scanner, 64) or "unknown"
+        rule_id = _clip(f.rule_id, SHORT_MAX_CHARS) or ""
+        have = merged.get(i)
+        if have is None:
+            owner = owners[tags[i]]
+            if scanner == owner[0] and rule_id == owner[1]:
+                continue  # the same source again: nothing to merge
+            have = merged[i] = ({owner[0]}, {f"{owner[0]}:{owner[1]}"})
+        have[0].add(scanner)
+        have[1].add(f"{scanner}:{rule_id}")
+    for i, (src, rules) in merged.items():
+        owner = owners[tags[i]]
+        tkey = (owner[0], owner[1], frozenset(src), frozenset(rules))
+        t = tag_of.get(tkey)
+        if t is None:
+            t = tag_of[tkey] = len(tagsets)
+            sets = (tkey[2], tkey[3])
+            tagsets.append(sets)
+            tails.append(_tag_tails(owner[0], sets))
+            owners.append(owner)
+        tail = tails[t][1]
+        tags[i] = t
+        lines[i] = b"%s%s%s" % (lines[i].rsplit(b"\t", 4)[0], tail, stage_tail)
+        keys[i] = b"%s%s" % (keys[i].rsplit(b"\t", 2)[0], tail)
+    return Encoded(fps, keys, lines, tags, tagsets)
 
 
 def value_rows(findings: Iterable[Finding], service: str | None) -> list[Row]:
@@ -473,21 +575,27 @@ def value_rows(findings: Iterable[Finding], service: str | None) -> list[Row]:
     ]
 
 
-def merged_tail(sources: frozenset[str], rule_ids: frozenset[str], merge_only: bool) -> bytes:
-    """The COPY encoding of the columns after content_hash: sources, rule_ids, merge_only."""
-    return b"\t%s\t%s\t%s" % (json_set(sources), json_set(rule_ids), b"t" if merge_only else b"f")
+def rekey(key: bytes, sets: tuple[frozenset[str], frozenset[str]], merge_only: bool) -> bytes:
+    """``key`` (an Encoded key line) with other sources / rule ids; a merge-only
+    row (its fingerprint was staged earlier in the batch) proposes scanner ''
+    so that it never counts as the owner."""
+    fp, scanner, digest, _ = key.split(b"\t", 3)
+    return b"%s\t%s\t%s\t%s\t%s" % (fp, b"" if merge_only else scanner, digest, json_set(sets[0]), json_set(sets[1]))
 
 
-def relined(
-    line: bytes,
-    old: tuple[frozenset[str], frozenset[str]],
-    new: tuple[frozenset[str], frozenset[str]],
-    merge_only: bool,
-) -> bytes:
-    """``line`` (from copy_rows) with other sources / rule ids / merge_only."""
-    tail = merged_tail(old[0], old[1], False) + b"\n"
-    return line[: len(line) - len(tail)] + merged_tail(new[0], new[1], merge_only) + b"\n"
+def reline(line: bytes, sets: tuple[frozenset[str], frozenset[str]]) -> bytes:
+    """``line`` (an Encoded line) with other sources / rule ids, up to ``rule_ids``
+    (without STAGE_TAIL)."""
+    return b"%s\t%s\t%s" % (line.rsplit(b"\t", 4)[0], json_set(sets[0]), json_set(sets[1]))
 
+
+def unstaged(line: bytes) -> bytes:
+    """``line`` (an Encoded line) up to ``rule_ids``, without STAGE_TAIL."""
+    return line[: -len(STAGE_TAIL)]
+
+
+#: BLAKE2b-128, the content hash (copied per row).
+_CONTENT_HASH = hashlib.blake2b(digest_size=16)
 
 _JSON_CACHE: dict[frozenset[str], bytes] = {}
 
@@ -496,7 +604,11 @@ def json_set(values: frozenset[str]) -> bytes:
     """Sorted JSON array of ``values`` in COPY encoding (cached: few distinct sets repeat)."""
     out = _JSON_CACHE.get(values)
     if out is None:
-        out = encode(values).encode("utf-8", "surrogatepass")
+        items = sorted(values)
+        if items and _JSON_PLAIN.fullmatch("".join(items)) is not None:  # nothing to escape for JSON or COPY
+            out = ('["' + '", "'.join(items) + '"]').encode()
+        else:
+            out = encode(values).encode("utf-8", "surrogatepass")
         if len(_JSON_CACHE) < 65536:
             _JSON_CACHE[values] = out
     return out

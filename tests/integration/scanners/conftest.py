@@ -113,10 +113,14 @@ def register_dag() -> Callable[[Any], Any]:
     """Write a DAG built in a test to the metadata DB as the DAG processor would (dag.test() needs it)."""
 
     def register(dag: Any) -> Any:
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
         from airflow.dag_processing.collection import update_dag_parsing_results_in_db
         from airflow.serialization.serialized_objects import LazyDeserializedDAG
         from airflow.utils.session import create_session
 
+        # The DAG's bundle row must exist (a foreign key): after a fresh resetdb nothing else made it
+        # when these tests run on their own.
+        DagBundlesManager().sync_bundles_to_db()
         with create_session() as session:
             update_dag_parsing_results_in_db(
                 "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session

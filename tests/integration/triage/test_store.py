@@ -175,6 +175,28 @@ def test_chunking_does_not_change_the_result(db) -> None:
     assert snapshot(db) == rows
 
 
+def test_a_source_a_later_chunk_sees_is_added_to_a_stored_row_once(db) -> None:
+    """A re-scan whose duplicates span chunks: a later chunk's new source (Wapiti
+    confirming ZAP) reaches rows that existed before the batch, once; nothing else moves."""
+    inst = [(SQLI, "GET", f"/r{i}/1", "q") for i in range(4)]
+    db.ingest((zap(*inst), "z.json"), now=T0)
+    before = snapshot(db)
+    res = db.ingest((zap(*inst, stamp="t1"), "z1.json"), (wapiti_json(HOST, inst), "w.json"), now=T0, chunk_rows=2)
+    assert (res.new, res.updated, res.unique) == (0, 4, 4)
+    after = snapshot(db)
+    assert all(r["sources"] == ["wapiti", "zap"] for r in after)
+    assert all(r["rule_ids"] == ["wapiti:SQL Injection", "zap:40018"] for r in after)
+    merged = {"sources", "rule_ids"}
+    assert [{k: v for k, v in r.items() if k not in merged} for r in after] == [
+        {k: v for k, v in r.items() if k not in merged} for r in before
+    ]
+    again = db.ingest(
+        (zap(*inst, stamp="t2"), "z2.json"), (wapiti_json(HOST, inst, stamp="t2"), "w2.json"), now=T0, chunk_rows=2
+    )
+    assert (again.new, again.updated) == (0, 0)
+    assert snapshot(db) == after
+
+
 def test_parallel_parsing_gives_the_same_table(db) -> None:
     reports = [
         (zap(*[(SQLI, "GET", f"/p{k}/x{i}", "q") for i in range(30)], stamp=str(k)), f"z{k}.json") for k in range(6)
@@ -373,3 +395,100 @@ def test_hostile_text_survives_the_copy_path(db) -> None:
     assert row["evidence"] == parsed.evidence
     assert row["param"] == "p\tq\\"
     assert "\x00" not in row["evidence"] and "nul" in row["evidence"]
+
+
+# --------------------------------------------------------------------------- the PostgreSQL write path
+
+
+def _copy_path_only(db) -> None:
+    if db.name != "postgres-copy":
+        pytest.skip("the COPY path's own strategies")
+
+
+def test_an_optimistic_chunk_that_meets_a_stored_finding_is_classified(db, monkeypatch) -> None:
+    """A chunk whose sample is not stored is inserted without step 1; a stored
+    finding the sample missed makes that fail, and the chunk is classified."""
+    _copy_path_only(db)
+    a, b, c = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q"), (SQLI, "GET", "/c", "q")
+    db.ingest((zap(a, stamp="1"), "1.json"), now=T0)
+    monkeypatch.setattr(store, "OPTIMISM_SAMPLE", 1)  # probes only /b, the first of the chunk
+    attempts: list[bool] = []
+    work = store._PgSink._work
+
+    def spy(self, cur, fallback):
+        out = work(self, cur, fallback)
+        if not fallback:
+            attempts.append(out is not None)
+        return out
+
+    monkeypatch.setattr(store._PgSink, "_work", spy)
+    res = db.ingest((zap(b, a, c, stamp="2"), "2.json"), now=T0 + timedelta(minutes=5))
+    assert attempts == [False]  # tried, and rolled back
+    assert (res.new, res.updated, res.unchanged) == (2, 0, 1)
+    assert sorted(res.new_ids) == sorted(r["id"] for r in snapshot(db) if r["path_template"] in ("/b", "/c"))
+    rows = by_path(db)
+    assert rows[("/a", "q")]["first_seen"] == T0 and rows[("/b", "q")]["first_seen"] == T0 + timedelta(minutes=5)
+    assert db.scalar("SELECT count(*) FROM observations WHERE scan_run_id = :r", r=res.scan_run_id) == 3
+    # and the next batch of new findings is inserted optimistically again only if its sample says so
+    attempts.clear()
+    res = db.ingest((zap((SQLI, "GET", "/d", "q"), stamp="3"), "3.json"), now=T0 + timedelta(minutes=6))
+    assert attempts == [True] and res.new == 1
+
+
+def test_a_finding_stored_between_the_two_steps_takes_the_robust_statement(db, monkeypatch) -> None:
+    """Step 1 saw no /a (as if a concurrent ingest committed it just after): the
+    plain INSERT of step 2 fails and the chunk is redone with INSERT ... ON CONFLICT."""
+    _copy_path_only(db)
+    a, b = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q")
+    db.ingest((zap(a, stamp="1"), "1.json"), now=T0)
+    before = by_path(db)[("/a", "q")]
+    monkeypatch.setattr(store._PgSink, "_none_stored", lambda self, cur, batch: False)
+    classify = store._PgSink._classify
+
+    def blind(self, cur, batch):
+        work = classify(self, cur, batch)
+        missed = next(fp for fp in batch if fp == before["fingerprint"])
+        return [*work, (missed, None)]
+
+    monkeypatch.setattr(store._PgSink, "_classify", blind)
+    res = db.ingest((zap(a, b, stamp="2"), "2.json"), now=T0 + timedelta(minutes=5))
+    assert (res.new, res.updated, res.unchanged) == (1, 0, 1)
+    assert by_path(db)[("/a", "q")] == before  # not rewritten
+    assert count(db, findings) == 2
+    assert db.scalar("SELECT count(*) FROM observations WHERE scan_run_id = :r", r=res.scan_run_id) == 2
+
+
+def test_new_and_reopened_ids_are_reported(db) -> None:
+    a, b = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q")
+    _, first = _scan(db, "api", a, b, stamp="1")
+    assert sorted(first.new_ids) == sorted(r["id"] for r in snapshot(db)) and first.reopened_ids == []
+    _scan(db, "api", a, stamp="2", now=T0 + timedelta(days=1))  # resolves /b
+    _, third = _scan(db, "api", a, b, stamp="3", now=T0 + timedelta(days=2))
+    assert third.new_ids == [] and third.reopened_ids == [by_path(db)[("/b", "q")]["id"]]
+
+
+def test_report_bytes_are_stored_in_batches_in_order(db) -> None:
+    """More reports than one raw-report statement takes, repeats within and across those statements."""
+    reports = [(zap((SQLI, "GET", f"/r{i}", "q"), stamp=str(i)), f"z{i}.json") for i in range(store.RAW_BATCH + 8)]
+    batch = [*reports, reports[5], reports[-1], (reports[-1][0], "again.json")]
+    res = db.ingest(*batch, now=T0)
+    assert [o.status for o in res.reports] == ["ingested"] * len(reports) + ["duplicate"] * 3
+    assert [o.source for o in res.reports] == [name for _, name in batch]
+    assert (res.parsed, res.new) == (len(reports), len(reports))
+    with db.engine.connect() as c:
+        stored = {r.source: r for r in c.execute(sa.select(raw_reports))}
+    assert set(stored) == {name for _, name in reports}
+    assert all(stored[name].body == data and stored[name].findings == 1 for data, name in reports)
+    assert [o.raw_report_id for o in res.reports[: len(reports)]] == [stored[n].id for _, n in reports]
+
+
+def test_pages_of_one_run_that_repeat_a_finding_observe_it_once(db) -> None:
+    """A run passed in (the Inspector sync ingests page by page into one run) may
+    already have observed a finding: a later page that repeats it adds nothing."""
+    run = store.start_scan_run(db.engine, "zap", "shop", "api", started_at=T0)
+    a, b = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q")
+    first = db.ingest((zap(a, stamp="p1"), "p1.json"), scan_run_id=run, now=T0)
+    second = db.ingest((zap(a, b, stamp="p2"), "p2.json"), scan_run_id=run, now=T0 + timedelta(minutes=1))
+    third = db.ingest((zap(b, a, stamp="p3"), "p3.json"), scan_run_id=run, now=T0 + timedelta(minutes=2))
+    assert (first.new, second.new, second.unchanged, third.new, third.unchanged) == (1, 1, 1, 0, 2)
+    assert db.scalar("SELECT count(*) FROM observations WHERE scan_run_id = :r", r=run) == 2

@@ -31,6 +31,15 @@ from selfheal.findings.parsers._base import split_url
         ("/", "/"),
         ("relative/12", "/relative/{id}"),
         ("/v1/items", "/v1/items"),  # "v1" is not an id
+        # the boundaries of the ASCII fast path: the result is the same either way
+        ("/a/\u0661\u0662/b", "/a/\u0661\u0662/b"),  # no ASCII digit: nothing to collapse
+        ("/a/\u0661\u0662/7", "/a/{id}/{id}"),  # Arabic-Indic digits are digits too (str.isdigit)
+        ("/a/12x/3", "/a/12x/{id}"),
+        ("/a/123456789012345", "/a/{id}"),  # 15 characters
+        ("/a/1234567890123456", "/a/{id}"),  # 16: past the fast path, still all digits
+        ("/a/abcdef0123456789", "/a/{hash}"),
+        ("/a/1\n2", "/a/1\n2"),
+        ("/caf\u00e9/7", "/caf\u00e9/{id}"),
     ],
 )
 def test_path_template(raw, template):
@@ -45,6 +54,10 @@ def test_path_template(raw, template):
         ("http://h?x=1", "http://h", "/"),
         ("/a/b?next=http://evil/x", "", "/a/b"),
         ("", "", "/"),
+        ("://h/a", "", "://h/a"),  # no scheme: not an origin
+        ("a/b://h/c", "", "a/b://h/c"),
+        ("https://h\u00e9/a?x", "https://h\u00e9", "/a"),  # non-ASCII: the general path, same result
+        ("h\u00e9ll\u00f6://x/y", "h\u00e9ll\u00f6://x", "/y"),  # str.isalnum accepts letters beyond ASCII
     ],
 )
 def test_split_url(url, origin, path):

@@ -12,7 +12,7 @@ from selfheal.findings.model import Finding, Location, Package, ParseError
 
 
 def test_field_order_the_hot_paths_construct_positionally():
-    """_zap.instance and inspector2 build Finding/Location/Package positionally for
+    """_zap.instance, _wapiti.build, sarif and inspector2 build Finding/Location/Package positionally for
     speed; this pins the order they assume."""
     assert [f.name for f in dataclasses.fields(Finding)] == [
         "scanner", "rule_id", "title", "severity", "kind", "confidence", "cwe", "cves", "cvss_score",
@@ -53,3 +53,21 @@ def test_parse_bytes_restores_the_garbage_collector(sample):
         assert not gc.isenabled()  # the caller's choice is kept
     finally:
         gc.enable()
+
+
+def test_the_hot_path_constructors_build_the_same_objects():
+    """parsers._base.new_location / new_package set the frozen dataclasses' slots
+    directly; they must give exactly what the constructors give."""
+    from selfheal.findings.parsers._base import new_location, new_package
+
+    loc_args = ("https://h/a/1?q=1", "GET", "/a/1", "q", "h", "443/tcp", 7)
+    for n in range(len(loc_args) + 1):
+        made, real = new_location(*loc_args[:n]), Location(*loc_args[:n])
+        assert made == real and hash(made) == hash(real) and repr(made) == repr(real)
+    pkg_args = ("django", "3.2", "3.2.9", "pypi", "requirements.txt")
+    for n in range(1, len(pkg_args) + 1):
+        made, real = new_package(*pkg_args[:n]), Package(*pkg_args[:n])
+        assert made == real and hash(made) == hash(real) and repr(made) == repr(real)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        new_location().url = "x"  # type: ignore[misc]
+    assert [f.name for f in dataclasses.fields(Location)] == ["url", "method", "path", "param", "host", "port", "line"]

@@ -92,15 +92,26 @@ def _finding(**kw) -> Finding:
     return f
 
 
+def _one(f: Finding, service: str | None = "shop") -> tuple[str, bytes, bytes]:
+    enc = rows.encode_report([f], service)
+    assert len(enc.fps) == len(enc.keys) == len(enc.lines) == 1
+    return enc.fps[0], enc.keys[0], enc.lines[0]
+
+
 def test_content_hash_ignores_nothing_the_scanner_owns() -> None:
-    a = rows.copy_rows([_finding()], "shop")[0]
-    same = rows.copy_rows(
-        [_finding(location=Location(url="https://x/items/12?q=1", method="get", path="/items/12", param="q"))], "shop"
-    )[0]
-    changed = rows.copy_rows([_finding(evidence="other")], "shop")[0]
+    a = _one(_finding())
+    same = _one(_finding(location=Location(url="https://x/items/12?q=1", method="get", path="/items/12", param="q")))
+    changed = _one(_finding(evidence="other"))
     assert a == same
     assert a[0] == changed[0]  # same identity ...
-    assert a[1] != changed[1]  # ... different content, different hash
+    assert a[2] != changed[2]  # ... different content ...
+    assert a[1].split(b"\t")[2] != changed[1].split(b"\t")[2]  # ... different hash
+    # The key line is the identity, the owner, the content hash and the merged sets.
+    fp, scanner, digest, sources, rule_ids = a[1].split(b"\t")
+    assert (fp.decode(), scanner, sources, rule_ids) == (a[0], b"zap", b'["zap"]', b'["zap:40018"]')
+    # The content line ends with the same, then the default staging tail.
+    assert a[2].endswith(rows.STAGE_TAIL)
+    assert rows.unstaged(a[2]).split(b"\t")[-3:] == [digest, sources, rule_ids]
 
 
 def test_values_are_normalized_and_bounded() -> None:
@@ -146,11 +157,33 @@ def test_duplicates_in_one_report_merge_their_sources() -> None:
     assert sources == {"zap", "wapiti"} and rule_ids == {"zap:40018", "wapiti:SQL Injection"}
 
 
-def test_relined_replaces_only_the_merged_columns() -> None:
-    ((_fp, line, src, rules),) = rows.copy_rows([_finding()], "shop")
-    new = rows.relined(line, (src, rules), (src | {"wapiti"}, rules), True)
-    assert new.endswith(b'\t["wapiti", "zap"]\t["zap:40018"]\tt\n')
-    assert new.split(b"\t")[:-3] == line.split(b"\t")[:-3]
+def test_duplicates_in_one_report_merge_their_sources_on_the_copy_path() -> None:
+    a = _finding()
+    b = _finding(
+        location=Location(url="https://x/items/99", method="GET", path="/items/99", param="q"), evidence="second"
+    )
+    c = _finding(scanner="wapiti", rule_id="SQL Injection")
+    enc = rows.encode_report([a, b, c], "shop")
+    assert enc.fps == [a.fingerprint]
+    assert enc.sets(0) == ({"zap", "wapiti"}, {"zap:40018", "wapiti:SQL Injection"})
+    assert rows.unstaged(enc.lines[0]).endswith(b'\t["wapiti", "zap"]\t["wapiti:SQL Injection", "zap:40018"]')
+    assert enc.keys[0].endswith(b'\t["wapiti", "zap"]\t["wapiti:SQL Injection", "zap:40018"]')
+    assert enc.lines[0].split(b"\t")[rows.INCOMING_NAMES.index("evidence")] == b"ev"  # first occurrence wins
+    # the same source twice adds nothing
+    assert rows.encode_report([a, b], "shop").sets(0) == ({"zap"}, {"zap:40018"})
+
+
+def test_rekey_and_reline_replace_only_the_merged_columns() -> None:
+    _fp, key, line = _one(_finding())
+    sets = (frozenset({"zap", "wapiti"}), frozenset({"zap:40018"}))
+    new_line = rows.reline(line, sets)
+    assert new_line.endswith(b'\t["wapiti", "zap"]\t["zap:40018"]')
+    assert new_line.split(b"\t")[:-2] == rows.unstaged(line).split(b"\t")[:-2]
+    new_key = rows.rekey(key, sets, False)
+    assert new_key.split(b"\t")[:3] == key.split(b"\t")[:3]
+    assert new_key.endswith(b'\t["wapiti", "zap"]\t["zap:40018"]')
+    merge_only = rows.rekey(key, sets, True).split(b"\t")
+    assert merge_only[1] == b"" and merge_only[0] == key.split(b"\t")[0]  # a merge-only row owns nothing
 
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "scanner-samples"
@@ -193,7 +226,7 @@ _text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)
     cves=st.lists(_text, max_size=3),
     service=_text | st.none(),
 )
-def test_copy_rows_equal_the_reference_encoding(
+def test_encoded_lines_equal_the_reference_encoding(
     title, evidence, param, method, rule, cvss, kev, cwe, line, cves, service
 ) -> None:
     f = Finding(
@@ -210,12 +243,33 @@ def test_copy_rows_equal_the_reference_encoding(
         location=Location(url="https://x/a/1", method=method, path="/a/1", param=param, line=line),
     )
     f.fingerprint = "f" * 64
-    ((_fp, line_bytes, _src, _rules),) = rows.copy_rows([f], service)
-    fields = line_bytes.decode("utf-8", "surrogatepass").rstrip("\n").split("\t")
-    content = "\t".join(fields[1:-4])
+    _fp, key, line_bytes = _one(f, service)
+    assert line_bytes.endswith(rows.STAGE_TAIL)
+    fields = rows.unstaged(line_bytes).decode("utf-8", "surrogatepass").split("\t")
+    content = "\t".join(fields[1:-3])
+    assert key.decode("utf-8", "surrogatepass").split("\t")[2] == fields[-3]  # the same content hash
     assert content == _reference_line(f, service)
     decoded = _decode_copy(content)
     assert len(decoded) == len(rows.CONTENT_NAMES)
     v = dict(zip(rows.CONTENT_NAMES, decoded, strict=True))
     for col in ("scanner", "kind", "rule_id", "title", "severity", "evidence", "solution"):
         assert v[col] is not None, col  # NOT NULL columns never become NULL
+
+
+def test_fast_path_checks_the_large_bounds_only_on_long_lines() -> None:
+    # Long but within every bound: still the fast path, identical to the reference.
+    ok = _finding(title="T" * 1000, evidence="E" * 4000, solution="S" * 4000)
+    assert rows._fast_copy_text(ok, "shop") == _reference_line(ok, "shop")
+    # One value over its bound: the careful path (which clips it), for each large bound.
+    for over in (
+        {"title": "T" * 1025},
+        {"evidence": "E" * 4097},
+        {"solution": "S" * 4097},
+        {"rule_id": "R" * 2049},
+        {"location": Location(url="https://x/" + "u" * 2049, method="GET", path="/a", param="q")},
+        {"location": Location(url="https://x/a", method="GET", path="/a", param="p" * 2049)},
+    ):
+        f = _finding(**over)
+        assert rows._fast_copy_text(f, "shop") is None, over.keys()
+        _fp, _key, line = _one(f)
+        assert rows.unstaged(line).decode().split("\t")[1:-3] == _reference_line(f, "shop").split("\t")

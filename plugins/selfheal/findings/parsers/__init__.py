@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import NoReturn
 
 from selfheal.findings.fingerprint import fingerprint
 from selfheal.findings.limits import MAX_FINDINGS, MAX_REPORT_BYTES
@@ -191,15 +192,20 @@ def iter_findings(
     """
     try:
         yield from _iter_unguarded(data, source, fmt, service, max_bytes=max_bytes, max_findings=max_findings)
-    except ParseError:
-        raise
-    except RecursionError:
+    except Exception as exc:  # noqa: BLE001 - translated, see _guard
+        _guard(source, exc)
+
+
+def _guard(source: str, exc: Exception) -> NoReturn:
+    """Re-raise what a parser raised as the documented ParseError."""
+    if isinstance(exc, ParseError):
+        raise exc
+    if isinstance(exc, RecursionError):
         raise ParseError(source, "document nested too deeply") from None
-    except MemoryError:
+    if isinstance(exc, MemoryError):
         raise ParseError(source, "out of memory while parsing") from None
-    except Exception as exc:  # last line of defence: the contract is "only ParseError"
-        raise ParseError(source, f"internal parser error ({type(exc).__name__}: {exc}); please report this bug") \
-            from exc
+    # last line of defence: the contract is "only ParseError"
+    raise ParseError(source, f"internal parser error ({type(exc).__name__}: {exc}); please report this bug") from exc
 
 
 def parse_bytes(
@@ -221,7 +227,10 @@ def parse_bytes(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return list(iter_findings(data, source, fmt, service, max_bytes=max_bytes, max_findings=max_findings))
+        # _iter_unguarded itself, not iter_findings: one generator less per finding
+        return list(_iter_unguarded(data, source, fmt, service, max_bytes=max_bytes, max_findings=max_findings))
+    except Exception as exc:  # noqa: BLE001 - translated, see _guard
+        _guard(source, exc)
     finally:
         if was_enabled:
             gc.enable()

@@ -21,8 +21,8 @@ import re
 from typing import Any
 
 from selfheal.findings.limits import EVIDENCE_MAX_CHARS, SHORT_MAX_CHARS, TEXT_MAX_CHARS, TITLE_MAX_CHARS, clip
-from selfheal.findings.model import Finding, Location
-from selfheal.findings.parsers._base import first_cwe, url_origin, url_path
+from selfheal.findings.model import Finding
+from selfheal.findings.parsers._base import first_cwe, new_location, url_origin, url_path
 from selfheal.findings.severity import WAPITI_LEVELS
 
 SCANNER = "wapiti"
@@ -114,24 +114,17 @@ def build(
         extra["module"] = clip(module, 64)
     if wstg:
         extra["wstg"] = [clip(w, 64) for w in wstg[:16]]
+    location = new_location(
+        clip(url, SHORT_MAX_CHARS),
+        clip(method.strip().upper(), 32) or None,
+        clip(path, SHORT_MAX_CHARS) or "/",
+        clip(param, SHORT_MAX_CHARS) if param else None,
+    )
+    # Positional arguments in Finding's field order (a test pins it): hot path.
     return Finding(
-        scanner=SCANNER,
-        rule_id=cat.name,
-        title=cat.title,
-        severity=severity,
-        kind="web",
-        cwe=cat.cwe,
-        location=Location(
-            url=clip(url, SHORT_MAX_CHARS),
-            method=clip(method.strip().upper(), 32) or None,
-            path=clip(path, SHORT_MAX_CHARS) or "/",
-            param=clip(param, SHORT_MAX_CHARS) if param else None,
-        ),
-        evidence=clip(info, EVIDENCE_MAX_CHARS),
-        solution=cat.solution,
-        description=cat.description,
-        references=cat.references,
-        extra=extra,
+        SCANNER, cat.name, cat.title, severity, "web", None, cat.cwe, (), None, None, location, None,
+        clip(info, EVIDENCE_MAX_CHARS), cat.solution, cat.description, cat.references, None, None, None, None,
+        None, None, "", extra,
     )
 
 

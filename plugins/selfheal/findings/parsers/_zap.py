@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from selfheal.findings.limits import EVIDENCE_MAX_CHARS, SHORT_MAX_CHARS, TEXT_MAX_CHARS, TITLE_MAX_CHARS, clip
-from selfheal.findings.model import Finding, Location, Severity
-from selfheal.findings.parsers._base import cves_in, cwe_id, split_url
+from selfheal.findings.model import Finding, Severity
+from selfheal.findings.parsers._base import cves_in, cwe_id, new_location, split_url
 from selfheal.findings.severity import (
     ZAP_CONFIDENCE_CODES,
     ZAP_CONFIDENCE_LABELS,
@@ -141,7 +141,7 @@ def instance(
     # this runs once per finding and keywords cost a microsecond each time.
     return Finding(
         SCANNER, t.rule, t.title, t.severity, "web", t.confidence, t.cwe, t.cves, None, None,
-        Location(url, method or None, path, param or None),
+        new_location(url, method or None, path, param or None),
         None, clip(evidence, EVIDENCE_MAX_CHARS) if evidence else "", t.solution, t.description, t.references,
         None, None, None, None, None, None, "", extra,
     )

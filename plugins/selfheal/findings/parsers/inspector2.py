@@ -29,7 +29,7 @@ import msgspec
 
 from selfheal.findings.limits import EVIDENCE_MAX_CHARS, SHORT_MAX_CHARS, TEXT_MAX_CHARS, TITLE_MAX_CHARS, clip
 from selfheal.findings.model import Finding, Kind, Location, Package, Severity
-from selfheal.findings.parsers._base import Empty, Report, ReportFormat, cves_in, cwe_id, text
+from selfheal.findings.parsers._base import Empty, Report, ReportFormat, cves_in, cwe_id, new_package, text
 from selfheal.findings.severity import from_label, from_score
 
 SCANNER = "inspector"
@@ -292,7 +292,7 @@ def _package_findings(f: _Finding, c: _Common) -> Iterator[Finding]:
         name = clip(text(pkg.name), SHORT_MAX_CHARS) or "unknown"
         version = clip(_version(pkg), 256) or None
         fixed = clip(_fixed(pkg) or "", 256) or None
-        package = Package(name, version, fixed, ECOSYSTEMS.get(manager, manager.lower() or None),
+        package = new_package(name, version, fixed, ECOSYSTEMS.get(manager, manager.lower() or None),
                           clip(text(pkg.filePath), SHORT_MAX_CHARS) or None)
         evidence = f"{name} {version or '?'} installed" + (f"; fixed in {fixed}" if fixed else "")
         yield c.finding(

@@ -28,8 +28,18 @@ from urllib.parse import unquote
 import msgspec
 
 from selfheal.findings.limits import EVIDENCE_MAX_CHARS, SHORT_MAX_CHARS, TEXT_MAX_CHARS, TITLE_MAX_CHARS, clip
-from selfheal.findings.model import Finding, Location, Package, Severity
-from selfheal.findings.parsers._base import Empty, Report, ReportFormat, cves_in, first_cwe, text, to_float
+from selfheal.findings.model import Finding, Package, Severity
+from selfheal.findings.parsers._base import (
+    Empty,
+    Report,
+    ReportFormat,
+    cves_in,
+    first_cwe,
+    new_location,
+    new_package,
+    text,
+    to_float,
+)
 from selfheal.findings.severity import SARIF_LEVELS, confidence_from_label, from_label, from_score
 
 Scalar = str | int | float | bool | None
@@ -189,21 +199,24 @@ def _cvss3_vector(props: dict[str, Any]) -> str | None:
     return f"CVSS:{version}/" + "/".join(metrics)
 
 
-def _rule_cwe(rule: _Rule | None, result: _Result) -> int | None:
-    if rule is not None:
-        props = rule.properties or {}
-        tags = props.get("tags")
-        if isinstance(tags, list):
-            for tag in tags:
-                m = _CWE_TAG_RE.search(text(tag)) if isinstance(tag, str) else None
-                if m:
-                    return int(m.group(1))
-        for rel in rule.relationships or ():
-            tgt = rel.target
-            if tgt is not None and tgt.toolComponent is not None and text(tgt.toolComponent.name).upper() == "CWE":
-                m = _CWE_TAG_RE.search("CWE-" + text(tgt.id))
-                if m:
-                    return int(m.group(1))
+def _cwe_of_rule(rule: _Rule) -> int | None:
+    props = rule.properties or {}
+    tags = props.get("tags")
+    if isinstance(tags, list):
+        for tag in tags:
+            m = _CWE_TAG_RE.search(text(tag)) if isinstance(tag, str) else None
+            if m:
+                return int(m.group(1))
+    for rel in rule.relationships or ():
+        tgt = rel.target
+        if tgt is not None and tgt.toolComponent is not None and text(tgt.toolComponent.name).upper() == "CWE":
+            m = _CWE_TAG_RE.search("CWE-" + text(tgt.id))
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def _result_cwe(result: _Result) -> int | None:
     for taxon in result.taxa or ():
         if taxon.toolComponent is not None and text(taxon.toolComponent.name).upper() == "CWE":
             m = _CWE_TAG_RE.search("CWE-" + text(taxon.id))
@@ -232,6 +245,9 @@ def _message(result: _Result, rule: _Rule | None) -> str:
 
 
 def _severity(level: str, rule_props: dict[str, Any], props: dict[str, Any]) -> tuple[Severity, float | None]:
+    if not props:  # the common code result: only the rule can say more than the level
+        score = to_float(rule_props.get("security-severity")) if rule_props else None
+        return (from_score(score), score) if score is not None else (SARIF_LEVELS.get(level, "medium"), None)
     for bag in (props, rule_props):
         score = to_float(bag.get("security-severity"))
         if score is not None:
@@ -281,6 +297,7 @@ class _RunIndex:
             for r in ext.rules or ():
                 self.by_id.setdefault(text(r.id), r)
         self.artifacts = run.artifacts or []
+        self.infos: dict[int, _RuleInfo] = {}
 
     def rule(self, result: _Result) -> _Rule | None:
         ref = result.rule
@@ -303,29 +320,68 @@ class _RunIndex:
             return self.artifacts[index]
         return None
 
+    def info(self, rule: _Rule | None) -> _RuleInfo:
+        """What a result takes from its rule, worked out once per rule (a run
+        reports the same few rules over and over). Keyed by identity: the rules
+        live as long as the run."""
+        if rule is None:
+            return _NO_RULE
+        info = self.infos.get(id(rule))
+        if info is None:
+            info = self.infos[id(rule)] = _RuleInfo(rule)
+        return info
 
-def _package(artifact: _Artifact | None) -> Package | None:
+
+_ASK_RESULT: Any = object()
+
+
+class _RuleInfo:
+    __slots__ = ("confidence", "cwe", "description", "id", "level", "props", "refs", "solution", "title")
+
+    def __init__(self, rule: _Rule | None) -> None:
+        self.id = text(rule.id) if rule is not None else ""
+        self.props: dict[str, Any] = (rule.properties if rule is not None else None) or {}
+        self.level = text(rule.defaultConfiguration.level) if rule is not None and rule.defaultConfiguration else ""
+        title = ""
+        if rule is not None:
+            title = text(rule.shortDescription.text) if rule.shortDescription is not None else ""
+            title = title or text(rule.name)
+        self.title = title
+        precision = text(self.props.get("precision"))
+        # the rule's precision decides when it has one, else each result's issue_confidence
+        self.confidence = confidence_from_label(precision) if precision else _ASK_RESULT
+        self.cwe = _cwe_of_rule(rule) if rule is not None else None
+        self.refs = (clip(text(rule.helpUri), SHORT_MAX_CHARS),) if rule is not None and rule.helpUri else ()
+        self.solution = clip(text(rule.help.text), TEXT_MAX_CHARS) if rule is not None and rule.help is not None \
+            else ""
+        full = rule.fullDescription if rule is not None else None
+        self.description = text(full.text) if full is not None else ""
+
+
+_NO_RULE = _RuleInfo(None)
+
+
+def _purl(artifact: _Artifact | None) -> tuple[str, str | None, str] | None:
+    """(name, version, ecosystem) from the first package URL of the artifact's properties."""
     if artifact is None or not artifact.properties:
         return None
     for value in artifact.properties.values():
         if isinstance(value, str) and value.startswith("pkg:"):
             pkg = parse_purl(value)
             if pkg is not None:
-                return pkg
+                return pkg.name, pkg.version, pkg.ecosystem  # type: ignore[return-value]
     return None
 
 
 def _result(run_i: int, res_i: int, result: _Result, idx: _RunIndex, scanner: str) -> Finding | None:
-    if text(result.kind) in _SKIP_KINDS:
+    if result.kind and text(result.kind) in _SKIP_KINDS:
         return None
     rule = idx.rule(result)
-    rule_id = text(result.ruleId) or (text(result.rule.id) if result.rule is not None else "") or (
-        text(rule.id) if rule is not None else "")
-    rule_props = (rule.properties if rule is not None else None) or {}
+    info = idx.info(rule)
+    rule_id = text(result.ruleId) or (text(result.rule.id) if result.rule is not None else "") or info.id
     props = result.properties or {}
-    level = text(result.level) or (
-        text(rule.defaultConfiguration.level) if rule is not None and rule.defaultConfiguration else "") or "warning"
-    severity, score = _severity(level, rule_props, props)
+    level = text(result.level) or info.level or "warning"
+    severity, score = _severity(level, info.props, props)
     message = _message(result, rule)
 
     uri, line, snippet, artifact = "", None, "", None
@@ -344,50 +400,38 @@ def _result(run_i: int, res_i: int, result: _Result, idx: _RunIndex, scanner: st
                     snippet = text(phys.region.snippet.text)
 
     cves = cves_in(rule_id)
-    package = _package(artifact)
-    kind = "dependency" if package is not None or cves else "code"
-    if kind == "dependency" and package is None:
+    purl = _purl(artifact)
+    file_path = clip(uri, SHORT_MAX_CHARS) or None
+    if purl is not None:
+        kind = "dependency"
+        package: Package | None = new_package(purl[0], purl[1], None, purl[2], file_path)
+    elif cves:
+        kind = "dependency"
         name = uri.rstrip("/").rsplit("/", 1)[-1] or rule_id
-        package = Package(name=clip(name, SHORT_MAX_CHARS))
-    if package is not None and uri:
-        package = Package(name=package.name, version=package.version, fixed_version=package.fixed_version,
-                          ecosystem=package.ecosystem, file_path=clip(uri, SHORT_MAX_CHARS))
+        package = new_package(clip(name, SHORT_MAX_CHARS), None, None, None, file_path)
+    else:
+        kind = "code"
+        package = None
 
-    title = ""
-    if rule is not None:
-        title = text(rule.shortDescription.text) if rule.shortDescription is not None else ""
-        title = title or text(rule.name)
-    title = title or message.split("\n", 1)[0] or rule_id
+    title = info.title or message.split("\n", 1)[0] or rule_id
     vector = _cvss3_vector(props) if "cvssv3_baseScore" in props else None
-
-    confidence = confidence_from_label(text(rule_props.get("precision")) or text(props.get("issue_confidence")))
+    confidence = info.confidence
+    if confidence is _ASK_RESULT:
+        confidence = confidence_from_label(text(props.get("issue_confidence")))
     extra: dict[str, Any] = {"group": f"runs[{run_i}].results[{res_i}]"}
     anchor = _anchor(result, snippet)
     if anchor:
         extra["anchor"] = anchor
-    suppressed = any(text(s.status) != "rejected" for s in result.suppressions or ())
-    refs = (clip(text(rule.helpUri), SHORT_MAX_CHARS),) if rule is not None and rule.helpUri else ()
-    solution = text(rule.help.text) if rule is not None and rule.help is not None else ""
-    description = message or (text(rule.fullDescription.text) if rule is not None and rule.fullDescription else "")
+    suppressed = any(text(s.status) != "rejected" for s in result.suppressions) if result.suppressions else False
+    cwe = info.cwe
+    if cwe is None:
+        cwe = _result_cwe(result)
+    # Positional arguments in Finding's / Location's field order (a test pins it): hot path.
     return Finding(
-        scanner=scanner,
-        rule_id=clip(rule_id, SHORT_MAX_CHARS) or "unknown",
-        title=clip(title, TITLE_MAX_CHARS),
-        severity=severity,
-        kind=kind,
-        confidence=confidence,
-        cwe=_rule_cwe(rule, result),
-        cves=cves,
-        cvss_score=score,
-        cvss_vector=vector,
-        location=Location(path=clip(uri, SHORT_MAX_CHARS) or None, line=line),
-        package=package,
-        evidence=clip(snippet or message, EVIDENCE_MAX_CHARS),
-        solution=clip(solution, TEXT_MAX_CHARS),
-        description=clip(description, TEXT_MAX_CHARS),
-        references=refs,
-        scanner_status="suppressed" if suppressed else None,
-        extra=extra,
+        scanner, clip(rule_id, SHORT_MAX_CHARS) or "unknown", clip(title, TITLE_MAX_CHARS), severity, kind,
+        confidence, cwe, cves, score, vector, new_location(None, None, file_path, None, None, None, line), package,
+        clip(snippet or message, EVIDENCE_MAX_CHARS), info.solution, clip(message or info.description, TEXT_MAX_CHARS),
+        info.refs, None, None, None, None, None, "suppressed" if suppressed else None, "", extra,
     )
 
 
