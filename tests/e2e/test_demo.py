@@ -61,7 +61,7 @@ def test_make_up_runs_the_demo_and_make_down_cleans_up(tmp_path: Path, base_imag
         assert summary["findings_total"] > 0 and sum(summary["findings_by_severity"].values()) == \
             summary["findings_total"]
         assert isinstance(summary["exposure_window_s"], int | float) and 0 <= summary["exposure_window_s"] < 5
-        assert re.search(r"✓ virtual patch .*probe GET \S+ -> 403", up.stdout), up.stdout[-3000:]
+        assert re.search(r"✓ virtual patch .*probe GET /\S+=.+ -> 403", up.stdout), up.stdout[-3000:]
         assert isinstance(summary["detect_to_prod_s"], int | float) and summary["detect_to_prod_s"] > 0
         patched = {p["recipe"]: p for p in summary["patched"]}
         assert all(p["state"] == "promoted" for p in summary["patched"])
