@@ -802,7 +802,7 @@ class LoopFollower:
         return value
 
     # ------------------------------------------------------------------ waiting
-    def until_quiet(self, deadline: float, quiet_s: float = 45.0, max_nudges: int = 6) -> None:
+    def until_quiet(self, deadline: float, quiet_s: float = 20.0, max_nudges: int = 6) -> None:
         """Follow until no run is active, no patch is pending and nothing new started for `quiet_s`.
 
         Patches held back by the one-patch-per-service rule continue on the next run, which the
