@@ -76,7 +76,10 @@ def main() -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "plugins"))
     run = Path(tempfile.mkdtemp(prefix="bench-d2p-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "SELFHEAL_DATABASE_URL"}
-    env.update(SELFHEAL_RUN_DIR=str(run / "run"), SELFHEAL_AIRFLOW_PORT=str(_free_port()), SELFHEAL_DEMO="1")
+    # Private ports and network: a user's own `make up` may be running.
+    env.update(SELFHEAL_RUN_DIR=str(run / "run"), SELFHEAL_AIRFLOW_PORT=str(_free_port()), SELFHEAL_DEMO="1",
+               SELFHEAL_GATEWAY_PORT=str(_free_port()), SELFHEAL_GATEWAY_STATS_PORT=str(_free_port()),
+               SELFHEAL_MOTO_PORT=str(_free_port()), SELFHEAL_DOCKER_NETWORK=f"selfheal-bench-{run.name[-8:]}")
     t0 = time.monotonic()
     try:
         up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=3600)

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.local_run_kit import remove_private_postgres, stack_env
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.postgres]
@@ -90,10 +92,11 @@ def test_self_healing_page_in_chromium(tmp_path: Path, base_image: str) -> None:
         if not k.startswith("AIRFLOW") and k not in ("SELFHEAL_DATABASE_URL", "SELFHEAL_TEST_DATABASE_URL")
     }
     env.update(
-        SELFHEAL_RUN_DIR=str(run),
+        stack_env(run),  # a private run dir, free ports and an own Docker network
         SELFHEAL_AIRFLOW_PORT=str(port),
         SELFHEAL_BASE_IMAGE=base_image,
         AIRFLOW__CORE__PARALLELISM="2",
+        SELFHEAL_DEMO="0",  # the page is checked against the seeded data alone
     )
     script = str(REPO / "scripts" / "airflow-local.sh")
     base = f"http://127.0.0.1:{port}"
@@ -221,8 +224,9 @@ def test_self_healing_page_in_chromium(tmp_path: Path, base_image: str) -> None:
         timings["browser_s"] = time.monotonic() - t1
         assert problems == [], problems
     finally:
-        down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=120)
+        down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr
+    remove_private_postgres(run)
     print(f"timings: {timings}")
     for name in ("ui-queue.png", "ui-finding.png", "ui-patches.png", "ui-exposure.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000, name
