@@ -516,14 +516,19 @@ def run_canary(
             # alike). At 100% it takes none: after judged split steps the release is checked on its own
             # (analysis.judge_alone); a canary straight to 100% has only the baseline's samples from just
             # before the step to be compared with.
-            alone = step == 100 and len(cfg.steps) > 1
+            if step < 100:
+                base_since, base_until = t_step, None
+            elif len(cfg.steps) > 1:
+                base_since, base_until = None, None
+            else:
+                base_since, base_until = t_step - cfg.analysis.baseline_lookback_s, t_step
             decision, j = ro.watch(
                 "canary_step",
                 new_color,
                 base,
                 canary_since=t_step,
-                base_since=None if alone else t_step if step < 100 else t_step - cfg.analysis.baseline_lookback_s,
-                base_until=None if step < 100 else t_step,
+                base_since=base_since,
+                base_until=base_until,
                 step=step,
             )
             if decision == "abort":

@@ -44,15 +44,25 @@ def _sqlite(tmp_path: Path) -> sa.Engine:
     return make_engine(f"sqlite:///{tmp_path / 'triage.db'}")
 
 
-@pytest.fixture(params=["postgres-copy", "postgres-portable", "sqlite"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    pg = request.param != "sqlite"
+def _db(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> Iterator[Db]:
+    pg = name != "sqlite"
     engine = sa.create_engine(request.getfixturevalue("pg_url")) if pg else _sqlite(tmp_path)
     migrate.upgrade(engine)
     try:
-        yield Db(request.param, engine, request.param == "postgres-copy")
+        yield Db(name, engine, name == "postgres-copy")
     finally:
         engine.dispose()
+
+
+@pytest.fixture(params=["postgres-copy", "postgres-portable", "sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    yield from _db(request, tmp_path, request.param)
+
+
+@pytest.fixture
+def copy_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """The PostgreSQL COPY write path alone (for tests of its own strategies)."""
+    yield from _db(request, tmp_path, "postgres-copy")
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -400,15 +400,10 @@ def test_hostile_text_survives_the_copy_path(db) -> None:
 # --------------------------------------------------------------------------- the PostgreSQL write path
 
 
-def _copy_path_only(db) -> None:
-    if db.name != "postgres-copy":
-        pytest.skip("the COPY path's own strategies")
-
-
-def test_an_optimistic_chunk_that_meets_a_stored_finding_is_classified(db, monkeypatch) -> None:
+def test_an_optimistic_chunk_that_meets_a_stored_finding_is_classified(copy_db, monkeypatch) -> None:
     """A chunk whose sample is not stored is inserted without step 1; a stored
     finding the sample missed makes that fail, and the chunk is classified."""
-    _copy_path_only(db)
+    db = copy_db
     a, b, c = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q"), (SQLI, "GET", "/c", "q")
     db.ingest((zap(a, stamp="1"), "1.json"), now=T0)
     monkeypatch.setattr(store, "OPTIMISM_SAMPLE", 1)  # probes only /b, the first of the chunk
@@ -435,10 +430,10 @@ def test_an_optimistic_chunk_that_meets_a_stored_finding_is_classified(db, monke
     assert attempts == [True] and res.new == 1
 
 
-def test_a_finding_stored_between_the_two_steps_takes_the_robust_statement(db, monkeypatch) -> None:
+def test_a_finding_stored_between_the_two_steps_takes_the_robust_statement(copy_db, monkeypatch) -> None:
     """Step 1 saw no /a (as if a concurrent ingest committed it just after): the
     plain INSERT of step 2 fails and the chunk is redone with INSERT ... ON CONFLICT."""
-    _copy_path_only(db)
+    db = copy_db
     a, b = (SQLI, "GET", "/a", "q"), (SQLI, "GET", "/b", "q")
     db.ingest((zap(a, stamp="1"), "1.json"), now=T0)
     before = by_path(db)[("/a", "q")]
