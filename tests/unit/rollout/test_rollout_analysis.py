@@ -37,6 +37,23 @@ def test_thirty_percent_slower_fails() -> None:
     assert any("p95 latency" in r and "Mann-Whitney" in r for r in j.reasons)
 
 
+def test_a_shift_hidden_in_a_noisy_tail_fails_on_the_median() -> None:
+    """CI saw it: scheduling stalls on both sides fill the p95, so only the median shows +30 %."""
+    rng = np.random.default_rng(7)
+
+    def noisy(median_ms: float, n: int) -> list[Sample]:
+        lat = rng.normal(median_ms, 3, n)
+        stalls = rng.random(n) < 0.12  # a busy 2-core machine: 12 % of requests wait 100-300 ms more
+        lat[stalls] += rng.uniform(100, 300, int(stalls.sum()))
+        return [Sample(200, float(x)) for x in lat]
+
+    canary, base = noisy(104, 60), noisy(80, 600)
+    j = judge(canary, base)
+    assert j.canary.p95_ms <= j.baseline.p95_ms * 1.1  # the p95 alone would have passed it
+    assert j.verdict == "fail", j.reasons
+    assert any(r.startswith("p50 latency") and "Mann-Whitney" in r for r in j.reasons), j.reasons
+
+
 def test_three_samples_are_inconclusive_never_pass() -> None:
     j = judge(traffic(3, 20), traffic(500, 20))
     assert j.verdict == "inconclusive"
