@@ -101,19 +101,21 @@ EOT
 
 # Members of a process group that still run (zombies are finished: they only wait to be
 # reaped by their parent or by PID 1, which in a container may never do it).
+# group_alive PGID [SKIP_PID]: SKIP_PID (the group leader) does not count.
 group_alive() {
     local p s
     for p in $(pgrep -g "$1" 2>/dev/null); do
+        [ "$p" = "${2:-}" ] && continue
         s=$(sed -E "s/.*\) ([A-Za-z]).*/\1/" "/proc/$p/stat" 2>/dev/null) || continue
         [ "$s" != "Z" ] && return 0
     done
     return 1
 }
 
-wait_group() {  # wait_group PGID SECONDS: true once the group has no running member
+wait_group() {  # wait_group PGID SECONDS [SKIP_PID]: true once the group has no running member
     local i
-    for i in $(seq 1 $(($2 * 4))); do group_alive "$1" || return 0; sleep 0.25; done
-    ! group_alive "$1"
+    for i in $(seq 1 $(($2 * 4))); do group_alive "$1" "${3:-}" || return 0; sleep 0.25; done
+    ! group_alive "$1" "${3:-}"
 }
 
 down() {
@@ -121,11 +123,13 @@ down() {
         local pid
         pid=$(cat "$RUN/airflow.pid")
         if group_alive "$pid"; then
-            # SIGINT to the group is what `airflow standalone` handles cleanly; escalate only if
-            # some member (a task runner, a gunicorn worker) outlives it.
+            # SIGINT to the group is what the scheduler, API server, triggerer and workers handle
+            # cleanly (about 1 s); `airflow standalone` itself then waits for a SIGTERM (measured:
+            # it outlives its children indefinitely). Escalate early only if a child outlives 30 s.
             log "stopping airflow (SIGINT to process group $pid)"
             kill -INT -- "-$pid" 2>/dev/null || true
-            wait_group "$pid" 30 || { log "group $pid still running: SIGTERM"; kill -TERM -- "-$pid" 2>/dev/null || true; }
+            wait_group "$pid" 30 "$pid" || log "group $pid: children still running after 30 s"
+            kill -TERM -- "-$pid" 2>/dev/null || true
             wait_group "$pid" 10 || { log "group $pid still running: SIGKILL"; kill -KILL -- "-$pid" 2>/dev/null || true; }
             wait_group "$pid" 10 || { log "process group $pid did not stop"; exit 1; }
         fi
