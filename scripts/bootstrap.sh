@@ -9,6 +9,7 @@ cd "$REPO"
 PY="${SELFHEAL_PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
+UV_VERSION=0.13.9  # the installer of both venvs (see "Python" below)
 
 # ------------------------------------------------------------------ Debian
 # docker.io: sandboxes and the docker backend; haproxy: the gateway; debootstrap:
@@ -42,9 +43,18 @@ stamp=.venv/.selfheal-install-stamp
 want=$(cat requirements.txt requirements-dev.txt constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing pinned requirements into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-    .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt -e . \
-        2>&1 | grep -v "is ignored" || true
+    # uv (PyPI) installs the same pinned set as pip (same `pip freeze`), measured cold here in
+    # 10 s instead of pip's 152 s: parallel downloads, no bytecode compilation. pip stays the
+    # fallback when uv cannot be installed.
+    if .venv/bin/python -m pip install -q "uv==$UV_VERSION" 2>&1 | grep -v "is ignored"; [ -x .venv/bin/uv ]; then
+        .venv/bin/uv pip install --python .venv/bin/python -q \
+            -r requirements.txt -r requirements-dev.txt -c constraints.txt -e .
+    else
+        log "uv unavailable: installing with pip (slower)"
+        .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+        .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt -e . \
+            2>&1 | grep -v "is ignored" || true
+    fi
     .venv/bin/python -c "import airflow, selfheal" || { log "install failed"; exit 1; }
     echo "$want" >"$stamp"
 fi

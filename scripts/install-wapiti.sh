@@ -37,10 +37,19 @@ fi
 # The lock file pins wapiti's whole dependency tree (made with `pip freeze` after a
 # clean install), so every machine scans with the same code. Use it only when it
 # matches the version asked for.
+# uv from the project venv when bootstrap put it there (same packages, much faster), else pip.
+UV="$ROOT/.venv/bin/uv"
+pip_install() {
+    if [[ -x "$UV" ]]; then
+        "$UV" pip install --python "$WAPITI_VENV/bin/python" --quiet "$@"
+    else
+        "$WAPITI_VENV/bin/python" -m pip install --quiet "$@"
+    fi
+}
 if [[ -f "$LOCK" ]] && grep -qx "wapiti3==$WAPITI_VERSION" "$LOCK"; then
-    "$WAPITI_VENV/bin/python" -m pip install --quiet -r "$LOCK"
+    pip_install -r "$LOCK"
 else
-    "$WAPITI_VENV/bin/python" -m pip install --quiet "wapiti3==$WAPITI_VERSION"
+    pip_install "wapiti3==$WAPITI_VERSION"
 fi
 "$WAPITI_VENV/bin/wapiti" --version >/dev/null
 echo "installed wapiti3 $(installed_version) in $WAPITI_VENV in $(( $(date +%s) - start )) s"
