@@ -47,7 +47,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # 10 s instead of pip's 152 s: parallel downloads, no bytecode compilation. pip stays the
     # fallback when uv cannot be installed.
     if .venv/bin/python -m pip install -q "uv==$UV_VERSION" 2>&1 | grep -v "is ignored"; [ -x .venv/bin/uv ]; then
-        .venv/bin/uv pip install --python .venv/bin/python -q \
+        # pip itself too: the demo's wheel cache is made with `python -m pip download` at run time,
+        # and the venv's bundled pip is years old.
+        .venv/bin/uv pip install --python .venv/bin/python -q --upgrade pip \
             -r requirements.txt -r requirements-dev.txt -c constraints.txt -e .
     else
         log "uv unavailable: installing with pip (slower)"
