@@ -47,8 +47,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # 10 s instead of pip's 152 s: parallel downloads, no bytecode compilation. pip stays the
     # fallback when uv cannot be installed.
     if .venv/bin/python -m pip install -q "uv==$UV_VERSION" 2>&1 | grep -v "is ignored"; [ -x .venv/bin/uv ]; then
-        # pip itself too: the demo's wheel cache is made with `python -m pip download` at run time,
-        # and the venv's bundled pip is years old.
+        # pip itself too: it runs at run time (`pip download` fills the demo's wheel cache, the
+        # dependency planner asks `pip index versions --json`) and the venv's bundled pip is too old.
         .venv/bin/uv pip install --python .venv/bin/python -q --upgrade pip \
             -r requirements.txt -r requirements-dev.txt -c constraints.txt -e .
     else
