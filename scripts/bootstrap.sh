@@ -44,19 +44,12 @@ want=$(cat requirements.txt requirements-dev.txt constraints.txt pyproject.toml 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing pinned requirements into .venv"
     # uv (PyPI) installs the same pinned set as pip (same `pip freeze`), measured cold here in
-    # 10 s instead of pip's 152 s: parallel downloads, no bytecode compilation. pip stays the
-    # fallback when uv cannot be installed.
-    if .venv/bin/python -m pip install -q "uv==$UV_VERSION" 2>&1 | grep -v "is ignored"; [ -x .venv/bin/uv ]; then
-        # pip itself too: it runs at run time (`pip download` fills the demo's wheel cache, the
-        # dependency planner asks `pip index versions --json`) and the venv's bundled pip is too old.
-        .venv/bin/uv pip install --python .venv/bin/python -q --upgrade pip \
-            -r requirements.txt -r requirements-dev.txt -c constraints.txt -e .
-    else
-        log "uv unavailable: installing with pip (slower)"
-        .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-        .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt -e . \
-            2>&1 | grep -v "is ignored" || true
-    fi
+    # 10 s instead of pip's 152 s: parallel downloads, no bytecode compilation.
+    .venv/bin/python -m pip install -q "uv==$UV_VERSION" 2>&1 | grep -v "is ignored" || true
+    # pip itself too: it runs at run time (`pip download` fills the demo's wheel cache, the
+    # dependency planner asks `pip index versions --json`) and the venv's bundled pip is too old.
+    .venv/bin/uv pip install --python .venv/bin/python -q --upgrade pip \
+        -r requirements.txt -r requirements-dev.txt -c constraints.txt -e .
     .venv/bin/python -c "import airflow, selfheal" || { log "install failed"; exit 1; }
     echo "$want" >"$stamp"
 fi

@@ -395,7 +395,7 @@ def test_bad_patch_is_rolled_back_virtual_patch_stays_finding_back_to_a_human(
     sp = PatchStore(env.engine).require(bad)
     assert ps["rollback"] == TaskInstanceState.SUCCESS and ps["promote"] == TaskInstanceState.SKIPPED, ps
     assert sp.record.sandbox["passed"] is True, dump(sp.record.sandbox)
-    assert sp.state == "rolled_back" and " latency " in sp.record.reason, sp.record.reason
+    assert sp.state == "rolled_back" and "p95 latency" in sp.record.reason, sp.record.reason
     # Traffic on the last good version, the virtual patch still blocks the exploit.
     assert env.weights() == {"blue": 100} and env.live_image() == env.baseline_id
     assert len(env.backend.gateway.store.list_rules(SERVICE)) == 1
@@ -405,7 +405,7 @@ def test_bad_patch_is_rolled_back_virtual_patch_stays_finding_back_to_a_human(
     last = env.rows(status_changes, status_changes.c.finding_id == sqli)[-1]
     assert last["from_status"] == "patching" and "rolled back" in last["reason"] and "p95" in last["reason"]
     (rb,) = env.audit(subject=f"patch:{bad}", action="rollback")
-    assert " latency " in rb.payload["reason"] and rb.payload["virtual_patches_kept"]
+    assert "p95 latency" in rb.payload["reason"] and rb.payload["virtual_patches_kept"]
     assert ledger.verify(env.engine).ok
 
 
