@@ -29,8 +29,14 @@ def test_small_ingest_bench_reports_consistent_rates_and_its_cpu_ceiling(ingest_
     out = ingest_bench.main()  # raises SystemExit when the stored rows disagree with the parsed ones
     detail = capsys.readouterr().err
     assert set(out) >= {
-        "findings_per_s", "parse_per_s", "upsert_per_s", "reimport_findings_per_s", "reimport_new_rows",
-        "peak_rss_mb", "cpu_us_per_finding", "cpu_ceiling_findings_per_s",
+        "findings_per_s",
+        "parse_per_s",
+        "upsert_per_s",
+        "reimport_findings_per_s",
+        "reimport_new_rows",
+        "peak_rss_mb",
+        "cpu_us_per_finding",
+        "cpu_ceiling_findings_per_s",
     }
     assert out["reimport_new_rows"] == 0  # the next day's scan of the same things adds nothing
     assert out["cpu_us_per_finding"] > 0 and out["peak_rss_mb"] > 0
