@@ -1,7 +1,7 @@
 """Ingest benchmark: 200,000 findings parsed, fingerprinted and upserted into PostgreSQL.
 
 The input is report *bytes* in the scanners' real formats, generated from the
-structures of the real samples in ../shared/scanner-samples (ZAP alert
+structures of the real samples in tests/fixtures/scanner-samples (ZAP alert
 definitions from a DVWA baseline scan, Wapiti's classifications, an
 Inspector2 ListFindings finding, Dependency-Check and ShellCheck SARIF
 results), so the measured path is the production one: SHA-256 of each
@@ -48,7 +48,8 @@ from defusedxml import ElementTree as DET  # noqa: E402
 from selfheal.triage import migrate, store  # noqa: E402
 from selfheal.triage.store import ReportIn  # noqa: E402
 
-SAMPLES = Path(os.environ.get("SELFHEAL_SCANNER_SAMPLES", ROOT.parent / "shared" / "scanner-samples"))
+# The repository's copies of the real scanner samples: a clean clone has them.
+SAMPLES = Path(os.environ.get("SELFHEAL_SCANNER_SAMPLES", ROOT / "tests" / "fixtures" / "scanner-samples"))
 N_FINDINGS = int(os.environ.get("BENCH_INGEST_FINDINGS", "200000"))
 SERVICES = [f"svc-{i:02d}" for i in range(20)]
 WORDS = [

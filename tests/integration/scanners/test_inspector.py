@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -76,16 +77,16 @@ def _fingerprints(data: bytes, source: str) -> list[str]:
     return sorted(f.fingerprint for f in parse_bytes(data, source, fmt="inspector2"))
 
 
-def _run(
-    trigger: InspectorFindingsTrigger, *, seed_after: float | None = None, seed=None
-) -> tuple[dict, float]:
-    """Run the trigger's real async generator to its first event; optionally seed moto mid-way."""
+def _run(trigger: InspectorFindingsTrigger, *, seed_when=None, seed=None) -> tuple[dict, float]:
+    """Run the trigger's real async generator to its first event; optionally seed moto mid-way,
+    as soon as ``seed_when()`` is true (polled every 20 ms while the trigger runs)."""
 
     async def main() -> dict:
         gen = trigger.run()
         task = asyncio.ensure_future(anext(gen))
-        if seed_after is not None:
-            await asyncio.sleep(seed_after)
+        if seed_when is not None:
+            while not seed_when() and not task.done():
+                await asyncio.sleep(0.02)
             await asyncio.to_thread(seed)
         event = await task
         await gen.aclose()
@@ -298,9 +299,18 @@ def test_trigger_with_an_unreadable_watermark_fails_with_a_clear_message() -> No
     assert "watermark 'last tuesday': not an ISO 8601 timestamp" in payload["message"]
 
 
-def test_trigger_fires_when_a_finding_appears_after_it_started(moto: MotoInspector2) -> None:
+def test_trigger_fires_when_a_finding_appears_after_it_started(
+    moto: MotoInspector2, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The finding appears once the trigger has had two empty answers: a fixed delay raced the
+    # trigger's start-up on a loaded machine (building the boto3 client alone took over 1 s).
+    caplog.set_level(logging.INFO, logger="werkzeug")  # moto's server logs every request it answers
+
+    def polls() -> int:
+        return sum("/findings/list " in r.getMessage() for r in list(caplog.records))
+
     payload, elapsed = _run(
-        _trigger(), seed_after=0.7, seed=lambda: moto.queue_results([_finding("late", T2)])
+        _trigger(), seed_when=lambda: polls() >= 2, seed=lambda: moto.queue_results([_finding("late", T2)])
     )
 
     assert payload["status"] == "success", payload
